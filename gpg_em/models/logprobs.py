@@ -1,0 +1,75 @@
+"""Per-token log-probs and entropies without materialising [B, T, V] logits.
+
+The head projection, log-softmax and entropy are computed over chunks of the
+sequence inside a `lax.scan`; each chunk's body is wrapped in
+`jax.checkpoint`, so the backward pass recomputes that chunk's logits instead
+of storing them. Peak memory is O(B * chunk * V) rather than O(B * T * V).
+
+Definitions (shared with the sampler, which records the same quantities):
+  z = h @ W_head / temperature                  (float32)
+  logp[b, t]    = z[target] - logsumexp(z)       log-prob under the tempered policy
+  entropy[b, t] = logsumexp(z) - sum_v p_v z_v   = -sum_v p_v log p_v,  p = softmax(z)
+Top-p / top-k truncation is a sampling-time filter only: it is not part of
+these definitions (see gpg_em.rollout for why).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from gpg_em.models.config import ModelConfig
+from gpg_em.models.model import head_weight, hidden_states
+
+
+def logprob_entropy_from_logits(logits_NxV: jnp.ndarray, targets_N: jnp.ndarray):
+    """(logp [N], entropy [N]) of float32 logits (already temperature-scaled)."""
+    logits = logits_NxV.astype(jnp.float32)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets_N[..., None], axis=-1)[..., 0]
+    probs = jnp.exp(logits - logz[..., None])
+    entropy = logz - jnp.sum(probs * logits, axis=-1)
+    return target_logit - logz, entropy
+
+
+def chunked_logprobs(hidden_BxTxD, head_DxV, targets_BxT, *, temperature: float = 1.0, chunk_size: int = 128):
+    """(logp [B, T], entropy [B, T]) of `targets` given final hidden states.
+
+    Scans over ceil(T / chunk_size) chunks; only one chunk's [B, C, V] float32
+    logits exist at a time, in the forward and (rematerialised) backward pass.
+    """
+    B, T, D = hidden_BxTxD.shape
+    C = min(chunk_size, T)
+    n = -(-T // C)
+    pad = n * C - T
+    h = jnp.pad(hidden_BxTxD, ((0, 0), (0, pad), (0, 0))).reshape(B, n, C, D).swapaxes(0, 1)
+    y = jnp.pad(targets_BxT, ((0, 0), (0, pad))).reshape(B, n, C).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def chunk(h_BxCxD, y_BxC):
+        z = jnp.dot(h_BxCxD, head_DxV.astype(h_BxCxD.dtype), preferred_element_type=jnp.float32)
+        return logprob_entropy_from_logits(z / temperature, y_BxC)
+
+    _, (logp, ent) = jax.lax.scan(lambda c, xs: (c, chunk(*xs)), None, (h, y))
+    unchunk = lambda a: a.swapaxes(0, 1).reshape(B, n * C)[:, :T]
+    return unchunk(logp), unchunk(ent)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "temperature", "chunk_size"))
+def completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt_mask_BxP, completion_ids_BxN,
+                        completion_mask_BxN, *, temperature: float = 1.0, chunk_size: int = 128):
+    """Teacher-forced (logp, entropy), each [B, N], of completion tokens after their prompts.
+
+    Prompts are left-padded [B, P], completions right-padded [B, N]; the
+    sequence is their concatenation and hidden state P-1+j predicts
+    completion token j. Values at masked completion positions are defined
+    but meaningless: multiply by the mask.
+    """
+    ids = jnp.concatenate([prompt_ids_BxP, completion_ids_BxN], axis=1)
+    mask = jnp.concatenate([prompt_mask_BxP, completion_mask_BxN], axis=1)
+    hidden = hidden_states(params, cfg, ids, mask)
+    P, N = prompt_ids_BxP.shape[1], completion_ids_BxN.shape[1]
+    h = jax.lax.dynamic_slice_in_dim(hidden, P - 1, N, axis=1)
+    return chunked_logprobs(h, head_weight(params, cfg), completion_ids_BxN,
+                            temperature=temperature, chunk_size=chunk_size)
