@@ -1,0 +1,42 @@
+"""The optimizer: AdamW behind global-norm clipping, with linear warmup and a schedule."""
+from __future__ import annotations
+
+import dataclasses
+
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 1e-6
+    schedule: str = "constant"  # "constant" | "cosine" | "linear"
+    warmup_steps: int = 0
+    total_steps: int = 100
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.99
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # <= 0 disables clipping
+
+
+def learning_rate_schedule(c: OptimConfig) -> optax.Schedule:
+    """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then the named decay to 0."""
+    decay_steps = max(c.total_steps - c.warmup_steps, 1)
+    decay = {
+        "constant": lambda: optax.constant_schedule(c.learning_rate),
+        "cosine": lambda: optax.cosine_decay_schedule(c.learning_rate, decay_steps),
+        "linear": lambda: optax.linear_schedule(c.learning_rate, 0.0, decay_steps),
+    }
+    if c.schedule not in decay:
+        raise ValueError(f"optim.schedule {c.schedule!r} is not known; expected one of {sorted(decay)}")
+    if c.warmup_steps <= 0:
+        return decay[c.schedule]()
+    warmup = optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps)
+    return optax.join_schedules([warmup, decay[c.schedule]()], [c.warmup_steps])
+
+
+def make_optimizer(c: OptimConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = learning_rate_schedule(c)
+    adamw = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
+    tx = optax.chain(optax.clip_by_global_norm(c.max_grad_norm), adamw) if c.max_grad_norm > 0 else adamw
+    return tx, schedule

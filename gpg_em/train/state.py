@@ -1,0 +1,44 @@
+"""Train state and its sharded creation without a host copy of the optimizer state."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from gpg_em.models import ModelConfig, logical_axes
+from gpg_em.parallel import fit_shardings, logical_to_sharding, replicated
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer updates applied
+    params: Any
+    opt_state: Any
+
+
+def param_shardings(cfg: ModelConfig, params, mesh: Mesh):
+    """NamedShardings for `params` from the logical-axis table (replicated where a dim does not divide)."""
+    return fit_shardings(params, logical_to_sharding(logical_axes(cfg), mesh), mesh)
+
+
+def create_state(params, cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh):
+    """(state, state_shardings): params placed per the table, optimizer state built on device.
+
+    The optimizer state's shardings are derived with `jax.eval_shape` and it
+    is initialised inside `jax.jit(..., out_shardings=...)` (Adam moments
+    follow their parameter's sharding; counters are replicated).
+    """
+    p_shard = param_shardings(cfg, params, mesh)
+    params = jax.device_put(params, p_shard)
+    abstract = jax.eval_shape(tx.init, params)
+    opt_shard = optax.tree_map_params(tx, lambda _, s: s, abstract, p_shard,
+                                      transform_non_params=lambda _: replicated(mesh))
+    opt_state = jax.jit(tx.init, out_shardings=opt_shard)(params)
+    shardings = TrainState(step=replicated(mesh), params=p_shard, opt_state=opt_shard)
+    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated(mesh)), params=params,
+                       opt_state=opt_state)
+    return state, shardings
