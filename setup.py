@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["gpg_em", "gpg_em.*"]),
+    packages=find_packages(include=["gpg_em", "gpg_em.*", "configs"]),
     include_package_data=True,
     install_requires=[
         "jax>=0.4.35",

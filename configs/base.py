@@ -1,0 +1,68 @@
+"""Defaults shared by every experiment; each algorithm file states only its deltas.
+
+    gpg-em train --config configs/base.py --workdir runs/base
+
+runs GPG (the default algorithm) on the shipped SmolLM2-135M-Instruct and
+reasoning-gym chain_sum, offline. Override any key with --config.KEY=VALUE.
+"""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.algorithm = "gpg"  # gpg | grpo | dr_grpo | rloo | em_ft | em_rl
+    c.seed = 0
+    c.total_steps = 20
+    c.checkpoint_every = 10
+    c.eval_every = 10
+    c.keep_checkpoints = 2
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "smollm2-135m-instruct"  # built-in name, HF folder, .gguf file, or "tiny"
+    c.model.dtype = "float32"  # float32 | bfloat16
+    # Dimensions of the random model used when name == "tiny" (byte-level tokenizer).
+    c.model.tiny = ml_collections.ConfigDict(dict(
+        hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16))
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = ml_collections.ConfigDict(dict(
+        kind="reasoning_gym", task="chain_sum", options={}, seed=0, size=10_000))
+    c.data.eval_source = ml_collections.ConfigDict(dict(
+        kind="reasoning_gym", task="chain_sum", options={}, seed=12345, size=64))
+    c.data.system_prompt = ""
+    c.data.instruction = "Put your final answer within \\boxed{}."
+    c.data.max_prompt_tokens = 256
+
+    c.rollout = ml_collections.ConfigDict()
+    c.rollout.prompts_per_step = 4  # groups per batch
+    c.rollout.group_size = 8  # samples per prompt (G)
+    c.rollout.max_new_tokens = 96
+    c.rollout.temperature = 1.0
+    c.rollout.top_p = 1.0
+    c.rollout.top_k = 0
+
+    c.reward = ml_collections.ConfigDict()
+    c.reward.fn = "reasoning_gym"  # registry name(s) or "module.path:function"
+    c.reward.weights = ml_collections.config_dict.placeholder(list)
+    c.reward.timeout_s = 30.0
+
+    # GPG (Chu et al. 2025): REINFORCE with group-mean advantages and AGE.
+    c.gpg = ml_collections.ConfigDict(dict(
+        std_normalize=False, age=True, aggregation="token_mean", beta_th=0.0, max_rounds=20))
+    # Ratio-based losses (GRPO, Dr.GRPO, RLOO): clipped surrogate, optional KL.
+    c.ppo = ml_collections.ConfigDict(dict(clip_eps=0.2, kl_coef=0.0, inner_epochs=1))
+    # Entropy minimisation (Agarwal et al. 2025).
+    c.em = ml_collections.ConfigDict(dict(
+        ft_reduction="seq_sum",  # EM-FT: seq_sum (paper Eq. 2) | token_mean
+        rl_kind="token",  # EM-RL: token (-sum H) | trajectory (sum log p)
+        rl_reduction="mean",  # sum (paper) | mean (released code)
+        rl_loss="rloo"))  # loss the EM-RL reward trains with: rloo (paper) | gpg | grpo
+
+    c.optim = ml_collections.ConfigDict(dict(
+        learning_rate=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
+        eps=1e-8, max_grad_norm=1.0))
+
+    c.train = ml_collections.ConfigDict(dict(micro_batch_size=0, chunk_size=128))
+    c.eval = ml_collections.ConfigDict(dict(num_prompts=64, max_new_tokens=96, greedy=True))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    return c

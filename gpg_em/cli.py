@@ -1,0 +1,111 @@
+"""`gpg-em train | generate | export | plan`: a thin layer over the library.
+
+    gpg-em train [--config configs/gpg.py] [--workdir DIR] [--config.KEY=VALUE ...]
+    gpg-em generate --model smollm2-135m-instruct --prompt "..." [--max-new-tokens N] [--em-inf]
+    gpg-em export --workdir DIR --out HF_DIR
+    gpg-em plan [--config ...] [--config.KEY=VALUE ...]     (print the resolved config, build nothing)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            key, eq, value = arg[len("--config."):].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"gpg-em: --config.{key} needs a value")
+                value, i = argv[i + 1], i + 1
+            overrides.append((key, value))
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _config(args, overrides):
+    from gpg_em.configuration import get
+    return get(args.config, overrides)
+
+
+def cmd_train(args, overrides) -> None:
+    from gpg_em.parallel import initialize_distributed
+    c = _config(args, overrides)
+    initialize_distributed()
+    from gpg_em.train.loop import train
+    record = train(c, args.workdir)
+    if record:
+        print(f"done: step {record['step']} reward_mean {record['reward_mean']:.4f} loss {record['loss']:.5f}; "
+              f"metrics in {args.workdir}/metrics.jsonl")
+
+
+def cmd_plan(args, overrides) -> None:
+    print(_config(args, overrides).to_json(indent=2))
+
+
+def cmd_generate(args, _) -> None:
+    from gpg_em.models import load_pretrained
+    from gpg_em.rollout import generate
+    from gpg_em.rollout.cli_options import em_inf_from_args
+    model = load_pretrained(args.model, dtype=args.dtype)
+    greedy = args.temperature == 0 and not args.em_inf
+    out = generate(model, [args.prompt], max_new_tokens=args.max_new_tokens, greedy=greedy,
+                   temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed, **em_inf_from_args(args))
+    print(out.texts[0])
+
+
+def cmd_export(args, _) -> None:
+    from gpg_em.train.export import export_workdir
+    path = export_workdir(args.workdir, args.out, step=args.step)
+    print(f"wrote {path}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpg-em", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command")
+    for name in ("train", "plan"):
+        s = sub.add_parser(name, help=f"{name} (config overrides: --config.KEY=VALUE)")
+        s.add_argument("--config", default=None, help="config file with get_config() (default: configs/gpg.py)")
+        if name == "train":
+            s.add_argument("--workdir", default="runs/default", help="checkpoints, metrics.jsonl, TensorBoard")
+    g = sub.add_parser("generate", help="sample or greedily decode one prompt")
+    g.add_argument("--model", default="smollm2-135m-instruct")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    from gpg_em.rollout.cli_options import add_decoding_args
+    add_decoding_args(g)
+    e = sub.add_parser("export", help="write a run's policy as a Hugging Face folder")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    return p
+
+
+COMMANDS = {"train": cmd_train, "plan": cmd_plan, "generate": cmd_generate, "export": cmd_export}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    rest, overrides = _split_overrides(argv)
+    if not rest or rest[0].startswith("-") and rest[0] not in ("-h", "--help"):
+        rest = ["train"] + rest  # `gpg-em` alone runs the default training job
+    args = parser().parse_args(rest)
+    from gpg_em.configuration import ConfigError
+    try:
+        COMMANDS[args.command](args, overrides)
+    except ConfigError as e:
+        raise SystemExit(f"gpg-em: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The functional sampler: jitted prefill, then a jitted `while_loop` decode over a `DecodeState`.
+
+    out = sample(params, prompt_ids, prompt_mask, rng, cfg=cfg, sampling=SamplingConfig(...),
+                 max_new_tokens=128, num_samples=8)
+
+* Prompts arrive left-padded `[n, P]`. Each prompt is prefilled once; its
+  KV cache is then repeated `num_samples` times (rows prompt-major:
+  row i * num_samples + j is sample j of prompt i), so a group of G samples
+  costs one prompt forward, not G.
+* The cache has S = P + max_new_tokens slots; generated token t of every
+  row sits in slot P + t, so one scalar `cache_index` serves the whole batch
+  and the per-step update is a `dynamic_update_slice` of one slot.
+* Decode stops when every row has produced a stop token, or after
+  max_new_tokens.
+* Compiled shapes: one (prefill, decode) pair per distinct
+  (n, P, max_new_tokens, num_samples, cfg, sampling). Callers bucket P with
+  `prompt_bucket` (powers of two >= 16, see there) so a stream of prompts of
+  varying lengths compiles O(log max_len) shapes.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpg_em.models.config import ModelConfig
+from gpg_em.models.decoder import Decoder, init_cache
+from gpg_em.models.model import positions_from_mask
+from gpg_em.rollout.adaptive_temperature import adaptive_temperature_logits
+from gpg_em.rollout.em_inf import em_inf_logits
+from gpg_em.rollout.sampling import SamplingConfig, choose_tokens
+from gpg_em.rollout.state import DecodeState, SampleOutput
+
+MIN_BUCKET = 16
+
+
+def prompt_bucket(length: int) -> int:
+    """Padded prompt width: the next power of two, at least 16.
+
+    At most 2x padding (which only the prefill and the attention over the
+    prompt slots pay for) and log2(max_len / 8) compiled shapes in all:
+    16, 32, 64, 128, 256, ... Every prompt length in (2^(k-1), 2^k] shares
+    the shape 2^k.
+    """
+    if length < 1:
+        raise ValueError(f"prompt length must be >= 1, got {length}")
+    return max(MIN_BUCKET, 1 << (int(length) - 1).bit_length())
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None):
+    """(ids [n, width] int32, mask [n, width] int32), prompts right-aligned; width = prompt_bucket(longest)."""
+    longest = max(len(p) for p in prompts)
+    width = prompt_bucket(longest) if width is None else width
+    if longest > width:
+        raise ValueError(f"a prompt has {longest} tokens, more than the padded width {width}")
+    ids = np.full((len(prompts), width), pad_id, np.int32)
+    mask = np.zeros((len(prompts), width), np.int32)
+    for i, p in enumerate(prompts):
+        if len(p):
+            ids[i, width - len(p):] = p
+            mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def head_logits(params, cfg: ModelConfig, hidden_BxD: jnp.ndarray) -> jnp.ndarray:
+    """Float32 logits [B, V]. A tied head contracts the embedding [V, D] on D directly, no transpose copy."""
+    if cfg.tie_embeddings:
+        w = params["embed"].astype(hidden_BxD.dtype)
+        return jax.lax.dot_general(hidden_BxD, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    return jnp.dot(hidden_BxD, params["lm_head"].astype(hidden_BxD.dtype), preferred_element_type=jnp.float32)
+
+
+def modify_logits(z_BxV: jnp.ndarray, sampling: SamplingConfig) -> jnp.ndarray:
+    """EM-INF or adaptive temperature on the raw float32 logits (identity when neither is set)."""
+    if sampling.em_inf is not None:
+        return em_inf_logits(z_BxV, sampling.em_inf)
+    if sampling.adaptive_temperature is not None:
+        return adaptive_temperature_logits(z_BxV, sampling.adaptive_temperature)
+    return z_BxV
+
+
+def _is_stop(token_B, sampling: SamplingConfig):
+    stop = jnp.zeros(token_B.shape, bool)
+    for s in sampling.stop_token_ids:
+        stop |= token_B == s
+    return stop
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "max_new_tokens", "num_samples"))
+def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sampling: SamplingConfig,
+            max_new_tokens: int, num_samples: int = 1) -> DecodeState:
+    """Runs the prompts once, repeats the cache per sample and draws token 0 of every row."""
+    n, P = prompt_ids_NxP.shape
+    B, N, G = n * num_samples, max_new_tokens, num_samples
+    pmask = prompt_mask_NxP.astype(bool)
+    kv_mask = jnp.concatenate([pmask, jnp.ones((n, N), bool)], axis=1)  # [n, S]
+    hidden, cache = Decoder(cfg).apply({"params": params}, prompt_ids_NxP, positions_from_mask(pmask), kv_mask,
+                                       init_cache(cfg, n, P + N), 0)
+    # Left padding puts every prompt's last token at P - 1.
+    z = modify_logits(head_logits(params, cfg, hidden[:, -1]), sampling)  # [n, V]
+    repeat = lambda x: jnp.repeat(x, G, axis=0)
+    token, logp, ent = choose_tokens(repeat(z), jax.random.fold_in(rng, 0), sampling)
+    return DecodeState(
+        step=jnp.int32(1),
+        tokens=jnp.full((B, N), sampling.pad_token_id, jnp.int32).at[:, 0].set(token),
+        mask=jnp.zeros((B, N), jnp.int32).at[:, 0].set(1),
+        logprobs=jnp.zeros((B, N), jnp.float32).at[:, 0].set(logp),
+        entropies=jnp.zeros((B, N), jnp.float32).at[:, 0].set(ent),
+        done=_is_stop(token, sampling),
+        last=token,
+        positions=repeat(jnp.sum(pmask, axis=1, dtype=jnp.int32)),
+        kv_mask=repeat(kv_mask),
+        cache=jax.tree.map(repeat, cache),
+        rng=rng,
+        prompt_len=P,
+    )
+
+
+def _decode_step(params, state: DecodeState, cfg: ModelConfig, sampling: SamplingConfig) -> DecodeState:
+    """Feeds `last` at its cache slot, draws tokens[:, step] for rows not done."""
+    t = state.step
+    hidden, cache = Decoder(cfg).apply({"params": params}, state.last[:, None], state.positions[:, None],
+                                       state.kv_mask, state.cache, state.prompt_len + t - 1)
+    z = modify_logits(head_logits(params, cfg, hidden[:, 0]), sampling)
+    token, logp, ent = choose_tokens(z, jax.random.fold_in(state.rng, t), sampling)
+    live = ~state.done
+    token = jnp.where(live, token, sampling.pad_token_id)
+    put = lambda buf, col: jax.lax.dynamic_update_slice_in_dim(buf, col[:, None].astype(buf.dtype), t, axis=1)
+    return state.replace(
+        step=t + 1,
+        tokens=put(state.tokens, token),
+        mask=put(state.mask, live),
+        logprobs=put(state.logprobs, jnp.where(live, logp, 0.)),
+        entropies=put(state.entropies, jnp.where(live, ent, 0.)),
+        done=state.done | _is_stop(token, sampling),
+        last=token,
+        positions=state.positions + 1,
+        cache=cache,
+    )
+
+
+# The state is donated: its KV cache (30 layers x 2 x [B, S, KVH, Dh]; ~280 MB for
+# SmolLM2 at B=32, S=192) is the loop carry, and donation lets XLA write the
+# while_loop's carry, and so every per-step `dynamic_update_slice`, into the
+# buffers prefill returned instead of first copying them (and holding two caches).
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling"), donate_argnums=(1,))
+def decode(params, state: DecodeState, *, cfg: ModelConfig, sampling: SamplingConfig) -> DecodeState:
+    """Decodes until every row is done or max_new_tokens tokens exist (early exit)."""
+    def cond(s: DecodeState):
+        return (s.step < s.max_new_tokens) & ~jnp.all(s.done)
+
+    return jax.lax.while_loop(cond, lambda s: _decode_step(params, s, cfg, sampling), state)
+
+
+def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sampling: SamplingConfig,
+           max_new_tokens: int, num_samples: int = 1) -> SampleOutput:
+    """Samples `num_samples` completions per left-padded prompt. Pure; returns device arrays [n * G, N].
+
+    Recorded log-probs/entropies: see `gpg_em.rollout.sampling` (equal to
+    `gpg_em.models.completion_logprobs(..., temperature)` for plain sampling).
+    """
+    state = prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, cfg=cfg, sampling=sampling,
+                    max_new_tokens=max_new_tokens, num_samples=num_samples)
+    state = decode(params, state, cfg=cfg, sampling=sampling)
+    return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)

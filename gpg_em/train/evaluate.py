@@ -1,0 +1,24 @@
+"""Held-out evaluation during training: greedy pass@1 of the task reward."""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from gpg_em.models import Model
+from gpg_em.rewards import compute_rewards
+from gpg_em.rollout import generate
+
+
+def evaluate(model: Model, entries: Sequence[dict], formatter, reward_components, *, max_new_tokens: int,
+             timeout_s: float = 30.0) -> dict[str, Any]:
+    """Greedy completions of `entries`; pass@1 = mean reward (rewards are 0/1 for verifiable tasks)."""
+    t0 = time.perf_counter()
+    texts = [formatter.text(e, model.tokenizer) for e in entries]
+    out = generate(model, texts, max_new_tokens=max_new_tokens, greedy=True, chat_template=False)
+    rewards, _ = compute_rewards(reward_components, texts, list(out.texts), list(entries), timeout_s)
+    mask = np.asarray(out.mask)
+    return {"reward_mean": float(np.mean(rewards)), "pass@1": float(np.mean(rewards >= 1.0)),
+            "completion_length_mean": float(mask.sum(1).mean()), "tokens": int(mask.sum()),
+            "eval_seconds": time.perf_counter() - t0}

@@ -1,0 +1,149 @@
+"""The RL loop: prompts -> rollout -> rewards -> (GPG: beta_th rounds) -> update; eval, checkpoints, metrics.
+
+Every source of randomness is derived from (seed, step, round), and the data
+iterator's position is checkpointed, so a run resumed from a checkpoint
+continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from gpg_em.data import PromptFormatter, PromptIterator, make_length_fn, make_source
+from gpg_em.models import Model
+from gpg_em.rewards import build_rewards
+from gpg_em.train import checkpoint as ckpt
+from gpg_em.train.evaluate import evaluate
+from gpg_em.train.metrics import MetricsWriter
+from gpg_em.train.resampling import assemble_batch, needs_more
+from gpg_em.train.rollouts import ARRAY_KEYS, RolloutSpec, merge_prompt_width, sample_round, score_round
+from gpg_em.train.setup import BATCH_KEYS, Run, build_run
+
+
+def round_seed(seed: int, step: int, round_index: int) -> int:
+    return (seed * 1_000_003 + step * 1009 + round_index) % (2 ** 31 - 1)
+
+
+class Trainer:
+    """Holds a run's pieces; `train()` runs it to `total_steps`, resuming from the workdir."""
+
+    def __init__(self, c, workdir: str):
+        self.c, self.workdir = c, workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.run: Run = build_run(c)
+        self.tokenizer = self.run.model.tokenizer
+        self.formatter = PromptFormatter(system_prompt=c.data.system_prompt or None,
+                                         instruction=c.data.instruction or None)
+        length_fn = make_length_fn(self.tokenizer, self.formatter)
+        self.prompts = PromptIterator(make_source(c.data.source), c.rollout.prompts_per_step, seed=c.seed,
+                                      length_fn=length_fn, max_prompt_tokens=c.data.max_prompt_tokens)
+        self.eval_entries = [make_source(c.data.eval_source)[i] for i in range(c.eval.num_prompts)]
+        self.rewards = build_rewards(c.reward.fn, c.reward.weights)
+        self.spec = RolloutSpec(c.rollout.group_size, c.rollout.max_new_tokens, c.rollout.temperature,
+                                c.rollout.top_p, c.rollout.top_k)
+        self.em_rl = dict(kind=c.em.rl_kind, reduction=c.em.rl_reduction) if c.algorithm == "em_rl" else None
+        self.checkpoints = ckpt.manager(workdir, c.keep_checkpoints)
+
+    def policy(self) -> Model:
+        return Model(self.run.state.params, self.run.model.config, self.tokenizer)
+
+    # -- one step ---------------------------------------------------------
+    def rollout(self, step: int, round_index: int) -> dict[str, Any]:
+        entries = next(self.prompts)
+        texts = [self.formatter.text(e, self.tokenizer) for e in entries]
+        r = sample_round(self.policy(), texts, self.spec, round_seed(self.c.seed, step, round_index))
+        self._reward_metrics = score_round(r, entries, texts, self.spec.group_size, self.rewards,
+                                           self.c.reward.timeout_s, self.em_rl)
+        return r
+
+    def collect(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The training batch: one round, or GPG's beta_th resampling rounds (DESIGN.md)."""
+        G, groups = self.spec.group_size, self.c.rollout.prompts_per_step
+        beta = self.c.gpg.beta_th if self.c.algorithm == "gpg" else 0.0
+        max_rounds = self.c.gpg.max_rounds if beta > 0 else 1
+        rounds: list[dict[str, Any]] = []
+        while len(rounds) < max_rounds and needs_more(rounds, G, groups, beta):
+            rounds.append(self.rollout(step, len(rounds)))
+        batch, info = assemble_batch(merge_prompt_width(rounds), G, groups)
+        info["hit_round_limit"] = needs_more(rounds, G, groups, beta)
+        return batch, info
+
+    def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        arrays = {k: batch[k] for k in BATCH_KEYS}
+        obj = self.run.objective
+        if obj.uses_ratio:
+            arrays["old_logprobs"] = self.run.logprobs(self.run.state.params, arrays)
+        if obj.kl_coef > 0:
+            arrays["ref_logprobs"] = self.run.logprobs(self.run.model.params, arrays)
+        return arrays
+
+    def step(self, step: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        batch, info = self.collect(step)
+        t1 = time.perf_counter()
+        arrays = self.train_batch(batch)
+        epochs = self.c.ppo.inner_epochs if self.run.objective.uses_ratio else 1
+        for epoch in range(epochs):
+            self.run.state, metrics = self.run.update(self.run.state, arrays, jax.random.PRNGKey(step))
+        metrics = jax.device_get(metrics)
+        t2 = time.perf_counter()
+        record = {"kind": "train", "step": step + 1, **{k: float(v) for k, v in metrics.items()},
+                  "task_reward_mean": float(np.mean(batch["task_rewards"])),
+                  "sample_entropy_mean": float(np.sum(batch["sample_entropies"] * batch["completion_mask"])
+                                               / max(batch["completion_mask"].sum(), 1)),
+                  "rounds": info["n_rounds"], "hit_round_limit": bool(info["hit_round_limit"]),
+                  "batch_valid_groups": info["n_valid_groups"],
+                  "rollout_seconds": t1 - t0, "update_seconds": t2 - t1, **self._reward_metrics,
+                  **{f"data/{k}": v for k, v in self.prompts.metrics().items()}}
+        return record
+
+    # -- the loop ---------------------------------------------------------
+    def restore(self) -> int:
+        step = ckpt.latest_step(self.checkpoints)
+        if step is None:
+            return 0
+        self.run.state, loop = ckpt.restore(self.checkpoints, step, ckpt.abstract_like(self.run.state))
+        self.prompts.restore(loop["data"])
+        return step
+
+    def save(self, step: int) -> None:
+        ckpt.save(self.checkpoints, step, self.run.state, {"data": self.prompts.state(), "step": step})
+
+    def eval(self, step: int, writer: MetricsWriter) -> dict[str, Any]:
+        result = evaluate(self.policy(), self.eval_entries, self.formatter, self.rewards,
+                          max_new_tokens=self.c.eval.max_new_tokens, timeout_s=self.c.reward.timeout_s)
+        writer.write({"kind": "eval", "step": step, **result})
+        return result
+
+    def train(self) -> dict[str, Any]:
+        start = self.restore()
+        with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(self.c.to_json(indent=2))
+        writer = MetricsWriter(self.workdir, resume_step=start)
+        if start == 0:
+            self.eval(0, writer)
+        record: dict[str, Any] = {}
+        bar = tqdm(range(start, self.c.total_steps), initial=start, total=self.c.total_steps, desc="train",
+                   dynamic_ncols=True)
+        for step in bar:
+            record = self.step(step)
+            writer.write(record)
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", loss=f"{record['loss']:.4f}",
+                            H=f"{record['entropy_mean']:.3f}", valid=f"{record.get('valid_fraction', 1):.2f}")
+            done = step + 1
+            if done % self.c.eval_every == 0 or done == self.c.total_steps:
+                self.eval(done, writer)
+            if done % self.c.checkpoint_every == 0 or done == self.c.total_steps:
+                self.save(done)
+        writer.close()
+        return record
+
+
+def train(c, workdir: str) -> dict[str, Any]:
+    return Trainer(c, workdir).train()

@@ -1,0 +1,90 @@
+"""One rollout round: prompts -> samples (the sampler) -> rewards, as host numpy arrays.
+
+A round is a dict of arrays with leading dimension B_r = n_prompts * G:
+prompt_ids [B, P] (left-padded), prompt_mask [B, P], completion_ids [B, N],
+completion_mask [B, N] (N = max_new_tokens), rewards [B], plus the sampler's
+sample_logprobs / sample_entropies [B, N] and the texts (kept host-side).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from gpg_em.losses import em_rl_reward
+from gpg_em.models import Model
+from gpg_em.rewards import compute_rewards
+from gpg_em.rollout import generate
+
+ARRAY_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "rewards",
+              "sample_logprobs", "sample_entropies")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSpec:
+    group_size: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+
+
+def _pad_to(x: np.ndarray, width: int, left: bool, value=0) -> np.ndarray:
+    pad = width - x.shape[1]
+    if pad <= 0:
+        return x
+    widths = ((0, 0), (pad, 0)) if left else ((0, 0), (0, pad))
+    return np.pad(x, widths, constant_values=value)
+
+
+def sample_round(model: Model, prompt_texts: Sequence[str], spec: RolloutSpec, seed: int) -> dict[str, Any]:
+    """Samples G completions per prompt; arrays padded to max_new_tokens."""
+    out = generate(model, list(prompt_texts), max_new_tokens=spec.max_new_tokens, num_samples=spec.group_size,
+                   temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k, greedy=spec.greedy,
+                   seed=seed, chat_template=False)
+    N = spec.max_new_tokens
+    return {
+        "prompt_ids": np.asarray(out.prompt_ids, np.int32),
+        "prompt_mask": np.asarray(out.prompt_mask, np.int32),
+        "completion_ids": _pad_to(np.asarray(out.tokens, np.int32), N, False),
+        "completion_mask": _pad_to(np.asarray(out.mask, np.int32), N, False),
+        "sample_logprobs": _pad_to(np.asarray(out.logprobs, np.float32), N, False),
+        "sample_entropies": _pad_to(np.asarray(out.entropies, np.float32), N, False),
+        "texts": np.array(list(out.texts), dtype=object),
+    }
+
+
+def score_round(round_: dict[str, Any], entries: Sequence[dict], prompt_texts: Sequence[str], G: int,
+                reward_components, timeout_s: float, em_rl: dict | None = None) -> dict[str, float]:
+    """Adds `rewards` [B] (and `task_rewards`) to the round; returns reward metrics.
+
+    Task rewards are always computed (for logging); with `em_rl` the training
+    reward is the policy's own confidence instead (EM paper, Eqs. 3-4).
+    """
+    rows_entries = [e for e in entries for _ in range(G)]
+    rows_prompts = [p for p in prompt_texts for _ in range(G)]
+    task, metrics = compute_rewards(reward_components, rows_prompts, round_["texts"], rows_entries, timeout_s)
+    round_["task_rewards"] = task
+    if em_rl is None:
+        round_["rewards"] = task
+    else:
+        r = em_rl_reward(jnp.asarray(round_["completion_mask"]), logprobs=jnp.asarray(round_["sample_logprobs"]),
+                         entropies=jnp.asarray(round_["sample_entropies"]), kind=em_rl["kind"],
+                         reduction=em_rl["reduction"])
+        round_["rewards"] = np.asarray(r, np.float32)
+    return metrics
+
+
+def merge_prompt_width(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Left-pads every round's prompt arrays to the widest round's P (so rows can be mixed)."""
+    width = max(r["prompt_ids"].shape[1] for r in rounds)
+    for r in rounds:
+        r["prompt_ids"] = _pad_to(r["prompt_ids"], width, True)
+        r["prompt_mask"] = _pad_to(r["prompt_mask"], width, True)
+    return rounds
+
+
+RolloutFn = Callable[[int], dict[str, Any]]

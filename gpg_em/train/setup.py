@@ -1,0 +1,79 @@
+"""Builds what a run needs from its config: model, tokenizer, objective, mesh, state, jitted steps."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from gpg_em.models import Model, ModelConfig, init_params, load_pretrained
+from gpg_em.models.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
+from gpg_em.parallel import make_mesh
+from gpg_em.train.objective import Objective, make_objective
+from gpg_em.train.optim import OptimConfig, make_optimizer
+from gpg_em.train.state import create_state
+from gpg_em.train.step import StepConfig, jit_logprobs, jit_update_step
+
+BATCH_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "rewards")
+
+
+def build_model(c) -> Model:
+    """The policy at initialisation: a pretrained spec, or a random "tiny" model with a byte tokenizer."""
+    if c.model.name == "tiny":
+        tok = byte_tokenizer()
+        cfg = ModelConfig(vocab_size=VOCAB_SIZE, eos_token_ids=(tok.eos_token_id,), dtype=c.model.dtype,
+                          **c.model.tiny.to_dict())
+        return Model(init_params(cfg, jax.random.PRNGKey(c.seed)), cfg, tok)
+    return load_pretrained(c.model.name, dtype=c.model.dtype)
+
+
+def build_objective(c) -> Objective:
+    """The loss (and its static options) the config's algorithm trains with."""
+    G = c.rollout.group_size
+    ppo = dict(clip_eps=c.ppo.clip_eps)
+    kl = dict(kl_coef=c.ppo.kl_coef)
+    gpg = dict(std_normalize=c.gpg.std_normalize, age=c.gpg.age, aggregation=c.gpg.aggregation)
+    options = {
+        "gpg": lambda: make_objective("gpg", G, **gpg),
+        "grpo": lambda: make_objective("grpo", G, **ppo, **kl),
+        "rloo": lambda: make_objective("rloo", G, **ppo, **kl),
+        "dr_grpo": lambda: make_objective("dr_grpo", G, max_completion_length=c.rollout.max_new_tokens, **ppo),
+        "em_ft": lambda: make_objective("em_ft", G, reduction=c.em.ft_reduction),
+        "em_rl": lambda: {"rloo": lambda: make_objective("rloo", G, **ppo, **kl),
+                          "grpo": lambda: make_objective("grpo", G, **ppo, **kl),
+                          "gpg": lambda: make_objective("gpg", G, **gpg)}[c.em.rl_loss](),
+    }
+    return options[c.algorithm]()
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop holds on to."""
+    model: Model  # params here are the *initial* ones (the reference policy when KL is on)
+    objective: Objective
+    mesh: Any
+    state: Any
+    state_shardings: Any
+    update: Any  # jitted (state, batch, rng) -> (state, metrics)
+    logprobs: Any  # jitted (params, batch) -> logp [B, N]
+    schedule: Any
+
+
+def build_run(c) -> Run:
+    model = build_model(c)
+    objective = build_objective(c)
+    oc = OptimConfig(total_steps=c.total_steps, **c.optim.to_dict())
+    tx, schedule = make_optimizer(oc)
+    mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    if objective.kl_coef > 0:  # the state is donated each step: keep a separate copy as the reference
+        model = dataclasses.replace(model, params=jax.tree.map(lambda x: x.copy(), model.params))
+    state, shardings = create_state(model.params, model.config, tx, mesh)
+    sc = StepConfig(objective, micro_batch_size=c.train.micro_batch_size, temperature=c.rollout.temperature,
+                    chunk_size=c.train.chunk_size)
+    keys = BATCH_KEYS + (("old_logprobs",) if objective.uses_ratio else ()) + (
+        ("ref_logprobs",) if objective.kl_coef > 0 else ())
+    update = jit_update_step(model.config, sc, tx, schedule, mesh, shardings, keys)
+    logprobs = jit_logprobs(model.config, sc, mesh, shardings.params)
+    if objective.kl_coef <= 0:
+        model = dataclasses.replace(model, params=None)  # no reference model is kept
+    return Run(model, objective, mesh, state, shardings, update, logprobs, schedule)
