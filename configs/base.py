@@ -44,6 +44,7 @@ def get_config():
     c.reward = ml_collections.ConfigDict()
     c.reward.fn = "reasoning_gym"  # registry name(s) or "module.path:function"
     c.reward.weights = ml_collections.config_dict.placeholder(list)
+    c.reward.options = ml_collections.ConfigDict()  # {fn name: {option: value}}, e.g. extraction
     c.reward.timeout_s = 30.0
 
     # GPG (Chu et al. 2025): REINFORCE with group-mean advantages and AGE.

@@ -122,6 +122,24 @@ def test_formatter():
     assert fmt.text(e) == "Be brief.\n\nWhat is 2+2?\n\n"
 
 
+def test_length_fn_uses_chat_template():
+    from gpg_em.data import make_length_fn
+
+    class FakeTokenizer:  # the two methods make_length_fn relies on
+        chat_template = "x"
+
+        def apply_chat_template(self, msgs, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return "<s>" + " ".join(m["content"] for m in msgs) + " <assistant>"
+
+        def __call__(self, text, add_special_tokens):
+            assert not add_special_tokens
+            return {"input_ids": text.split()}
+
+    length = make_length_fn(FakeTokenizer(), PromptFormatter(instruction="Think."))
+    assert length({"question": "a b c"}) == 5  # "<s>a", "b", "c", "Think.", "<assistant>"
+
+
 def toy_source(n):
     return [{"question": "q" * (i + 1), "answer": str(i), "metadata": {}, "source": "toy",
              "index": i} for i in range(n)]

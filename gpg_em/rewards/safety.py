@@ -7,13 +7,13 @@
   NaN / inf            -> that sample 0.0 (n_errors)
   runs past timeout_s  -> the whole call 0.0 (n_timeouts counts samples)
 
-The timeout runs the function in a daemon thread and stops waiting for it.
-Python cannot kill a thread: a function stuck in a loop keeps a thread (and
-perhaps a core) until it returns. `n_stuck` reports how many such threads are
-still alive so that a run can notice. math-verify's own SIGALRM timeouts work
-only in the main thread; `verifiers.py` switches them off in the worker thread,
-where this guard replaces them, and `MAX_ANSWER_CHARS` keeps sympy away from
-the inputs that hang it.
+The time limit, from the main thread (the trainer's case), is a SIGALRM
+deadline (`deadline.py`): it interrupts the function where it is, even inside
+sympy's big-integer arithmetic, and leaves nothing running. From any other
+thread signals are unavailable, so the function runs in a daemon thread that
+is abandoned on timeout. That fallback is weaker: Python cannot kill a thread,
+and a thread stuck in one long C call holds the GIL, so even the wait for it
+overruns until the call returns. `n_stuck` counts abandoned threads still alive.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ import threading
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from gpg_em.rewards import deadline
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def _isolated(fn, prompts, completions, entries) -> tuple[np.ndarray, int]:
     """One batch call; if it fails, one call per sample to find the culprits."""
     try:
         return _checked(fn, prompts, completions, entries)
-    except Exception as e:  # noqa: BLE001 - any user failure becomes a count
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any user failure becomes a count
         _log_once(fn, f"batch call failed ({type(e).__name__}: {e}); retrying per sample",
                   exc_info=True)
     values, n_err = np.zeros(len(completions)), 0
@@ -66,7 +68,7 @@ def _isolated(fn, prompts, completions, entries) -> tuple[np.ndarray, int]:
         try:
             v, bad = _checked(fn, prompts[i:i + 1], completions[i:i + 1], entries[i:i + 1])
             values[i], n_err = v[0], n_err + bad
-        except Exception:  # noqa: BLE001
+        except (Exception, SystemExit):  # noqa: BLE001
             n_err += 1
     return values, n_err
 
@@ -84,34 +86,40 @@ def safe_rewards(fn: Callable, prompts: Sequence[Any], completions: Sequence[str
 
     Returns (rewards float32 [B], counts) with counts
     {"n_errors", "n_timeouts", "n_stuck"} for metrics. `timeout_s` None or <= 0
-    calls `fn` inline in the caller's thread (no wall-clock guard; from the
-    main thread math-verify's own per-call timeouts are then active).
+    means no time limit.
     """
     n = len(completions)
     if not (len(prompts) == len(entries) == n):
         raise ValueError(f"safe_rewards: {len(prompts)} prompts, {n} completions, "
                          f"{len(entries)} entries; they must match")
-    if not timeout_s or timeout_s <= 0:
-        values, n_err = _isolated(fn, prompts, completions, entries)
-        return values.astype(np.float32), {"n_errors": n_err, "n_timeouts": 0, "n_stuck": n_stuck()}
+    if not timeout_s or timeout_s <= 0 or deadline.available():
+        ok, result = deadline.call_with_deadline(timeout_s, _isolated, fn, prompts, completions, entries)
+    else:
+        ok, result = _in_thread(fn, prompts, completions, entries, timeout_s)
+    if not ok:
+        _log_once(fn, f"timed out after {timeout_s}s on {n} completions; rewards set to 0")
+        return np.zeros(n, np.float32), {"n_errors": 0, "n_timeouts": n, "n_stuck": n_stuck()}
+    if isinstance(result, BaseException):
+        _log_once(fn, f"aborted with {type(result).__name__}; rewards set to 0")
+        return np.zeros(n, np.float32), {"n_errors": n, "n_timeouts": 0, "n_stuck": n_stuck()}
+    values, n_err = result
+    return values.astype(np.float32), {"n_errors": n_err, "n_timeouts": 0, "n_stuck": n_stuck()}
 
+
+def _in_thread(fn, prompts, completions, entries, timeout_s: float) -> tuple[bool, Any]:
+    """(finished, result or the exception that ended the thread)."""
     box: dict[str, Any] = {}
 
     def work():
         try:
             box["result"] = _isolated(fn, prompts, completions, entries)
         except BaseException as e:  # noqa: BLE001 - e.g. SystemExit raised by user code
-            box["error"] = e
+            box["result"] = e
 
     thread = threading.Thread(target=work, name=f"reward-{_name(fn)}", daemon=True)
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
         _stuck.append(thread)
-        _log_once(fn, f"timed out after {timeout_s}s on {n} completions; rewards set to 0")
-        return np.zeros(n, np.float32), {"n_errors": 0, "n_timeouts": n, "n_stuck": n_stuck()}
-    if "error" in box:
-        _log_once(fn, f"aborted with {type(box['error']).__name__}; rewards set to 0")
-        return np.zeros(n, np.float32), {"n_errors": n, "n_timeouts": 0, "n_stuck": n_stuck()}
-    values, n_err = box["result"]
-    return values.astype(np.float32), {"n_errors": n_err, "n_timeouts": 0, "n_stuck": n_stuck()}
+        return False, None
+    return True, box["result"]

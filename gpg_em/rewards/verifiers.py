@@ -11,58 +11,54 @@ from __future__ import annotations
 import functools
 import json
 import re
-import threading
 from typing import Any, Callable, Mapping, Sequence
 
+from gpg_em.rewards.deadline import call_with_deadline
 from gpg_em.rewards.extract import DEFAULT_EXTRACTION, extract_answer, parse_spec
 
 RewardFn = Callable[[Sequence[Any], Sequence[str], Sequence[Mapping[str, Any]]], list]
 
-# An extracted answer longer than this is not parsed: sympy on pathological
-# input (e.g. towers of exponents) can run for minutes, and off the main thread
-# math-verify's signal timeouts cannot stop it.
+# An extracted answer longer than this is not parsed: sympy on huge inputs is
+# slow, and off the main thread nothing can stop it (see deadline.py).
 MAX_ANSWER_CHARS = 512
 
 
-def _on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-def _mv_timeout(seconds: int) -> int | None:
-    # math-verify times out with SIGALRM, which Python allows only in the main
-    # thread (signal.signal raises ValueError elsewhere). Off the main thread
-    # the caller's guard (`safe_rewards`) is the timeout.
-    return seconds if _on_main_thread() and seconds > 0 else None
-
-
 @functools.lru_cache(maxsize=4096)
-def _parse_gold(gold: str, timeout: int | None):
+def _parse_gold(gold: str):
     from math_verify import parse
     # Wrapping in \boxed{} makes math-verify read bare LaTeX ("\frac12",
     # "\sqrt{2}", "x^2+1") that it ignores without an anchor.
-    return parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout) or parse(gold, parsing_timeout=timeout)
+    return parse(f"\\boxed{{{gold}}}", parsing_timeout=None) or parse(gold, parsing_timeout=None)
 
 
-def math_equal(gold: str, answer: str | None, timeout_s: int = 5) -> bool:
-    """True when `answer` is mathematically equal to `gold` per math-verify."""
+def _math_equal(gold: str, answer: str) -> bool:
     from math_verify import parse, verify
+    # math-verify's own timeouts are off (None): they use SIGALRM without
+    # nesting and would cancel the caller's deadline; ours replaces them.
+    gold_parsed = _parse_gold(str(gold).strip())
+    pred = parse(f"\\boxed{{{answer}}}", parsing_timeout=None)
+    return bool(gold_parsed and pred and verify(gold_parsed, pred, timeout_seconds=None))
+
+
+def math_equal(gold: str, answer: str | None, timeout_s: float = 5.0) -> bool:
+    """True when `answer` is mathematically equal to `gold` per math-verify.
+
+    Runs under a `timeout_s` deadline (main thread only); past it: False.
+    """
     if not answer or len(answer) > MAX_ANSWER_CHARS:
         return False
-    timeout = _mv_timeout(timeout_s)
-    gold_parsed = _parse_gold(str(gold).strip(), timeout)
-    pred = parse(f"\\boxed{{{answer}}}", parsing_timeout=timeout)
-    if not gold_parsed or not pred:
-        return False
-    return bool(verify(gold_parsed, pred, timeout_seconds=timeout))
+    ok, equal = call_with_deadline(timeout_s, _math_equal, gold, answer)
+    return bool(ok and equal)
 
 
 def make_math_reward(extraction: str = DEFAULT_EXTRACTION, fallback_last_number: bool = True,
-                     timeout_s: int = 5) -> RewardFn:
+                     timeout_s: float = 5.0) -> RewardFn:
     """1.0 when the completion's final answer equals entry["answer"] (math-verify).
 
     The answer is the last \\boxed{} content; with `fallback_last_number` a
     completion without a box falls back to its last number.
     `extraction` overrides both with an explicit chain (see `extract.py`).
+    Each sample gets `timeout_s` (0.0 past it) when called in the main thread.
     """
     if extraction == DEFAULT_EXTRACTION and not fallback_last_number:
         extraction = "boxed"

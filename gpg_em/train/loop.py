@@ -35,19 +35,21 @@ class Trainer:
 
     def __init__(self, c, workdir: str):
         self.c, self.workdir = c, workdir
-        os.makedirs(workdir, exist_ok=True)
+        # Everything that can refuse the config comes first: nothing is built or written before it.
+        self.rewards = build_rewards(c.reward.fn, c.reward.weights, c.reward.options.to_dict())
+        train_source, eval_source = make_source(c.data.source), make_source(c.data.eval_source)
         self.run: Run = build_run(c)
         self.tokenizer = self.run.model.tokenizer
         self.formatter = PromptFormatter(system_prompt=c.data.system_prompt or None,
                                          instruction=c.data.instruction or None)
         length_fn = make_length_fn(self.tokenizer, self.formatter)
-        self.prompts = PromptIterator(make_source(c.data.source), c.rollout.prompts_per_step, seed=c.seed,
+        self.prompts = PromptIterator(train_source, c.rollout.prompts_per_step, seed=c.seed,
                                       length_fn=length_fn, max_prompt_tokens=c.data.max_prompt_tokens)
-        self.eval_entries = [make_source(c.data.eval_source)[i] for i in range(c.eval.num_prompts)]
-        self.rewards = build_rewards(c.reward.fn, c.reward.weights)
+        self.eval_entries = [eval_source[i] for i in range(min(c.eval.num_prompts, len(eval_source)))]
         self.spec = RolloutSpec(c.rollout.group_size, c.rollout.max_new_tokens, c.rollout.temperature,
                                 c.rollout.top_p, c.rollout.top_k)
         self.em_rl = dict(kind=c.em.rl_kind, reduction=c.em.rl_reduction) if c.algorithm == "em_rl" else None
+        os.makedirs(workdir, exist_ok=True)
         self.checkpoints = ckpt.manager(workdir, c.keep_checkpoints)
 
     def policy(self) -> Model:
