@@ -7,6 +7,15 @@ transformers) once per test session. Factories:
     tiny_gguf(kind, qtype="F32") -> Path of the same weights as a GGUF file
     torch_model(path)            -> transformers' float32 model of a folder or GGUF file
     smollm2 / smollm2_torch      -> our Model / transformers' model, from the built-in GGUF
+    smollm2_hf_dir               -> SmolLM2 exported by save_pretrained
+
+Plain helpers (`from conftest import ...`): pad_batch, torch_logits (explicit
+positions, so left padding matches), assert_logits_match, chat_ids,
+random_ids, write_gguf, build_tiny_checkpoint.
+
+Tiny tokenizers: for model_type qwen2/qwen3 transformers' AutoTokenizer
+substitutes Qwen2Tokenizer's digit-splitting pre-tokenizer, so the same
+tokenizer.json gives different ids on digits per kind; compare ids within a kind.
 """
 from __future__ import annotations
 
@@ -183,6 +192,50 @@ def tiny_gguf(tiny_hf_dir, tmp_path_factory):
         out = tmp_path_factory.mktemp(f"gguf_{kind}_{qtype}") / f"tiny-{kind}.{qtype}.gguf"
         return write_gguf(tiny_hf_dir(kind), out, qtype)
     return make
+
+
+# ---------------------------------------------------------------- batches and comparisons
+
+ATOL = 1e-3
+PROMPTS = ["What is 17 + 25?", "Hi",
+           "Please reason step by step: a farmer has 3 fields of 12 cows each. How many cows?"]
+
+
+def pad_batch(seqs: list[list[int]], side: str, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """ids [B, T], mask [B, T] with each sequence left- or right-aligned."""
+    T = max(len(s) for s in seqs)
+    ids, mask = np.full((len(seqs), T), pad_id, np.int32), np.zeros((len(seqs), T), np.int32)
+    for i, s in enumerate(seqs):
+        cols = slice(T - len(s), T) if side == "left" else slice(0, len(s))
+        ids[i, cols], mask[i, cols] = s, 1
+    return ids, mask
+
+
+def torch_logits(model, ids, mask) -> np.ndarray:
+    """transformers' float32 logits [B, T, V]; explicit positions cumsum(mask) - 1 (needed for left padding)."""
+    import torch
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                    position_ids=torch.tensor(positions, dtype=torch.long))
+    return out.logits.float().numpy()
+
+
+def assert_logits_match(ours, ref, mask, atol=ATOL):
+    real = np.asarray(mask).astype(bool)
+    ours, ref = np.asarray(ours)[real], np.asarray(ref)[real]  # [N, V]
+    assert np.abs(ours - ref).max() <= atol, np.abs(ours - ref).max()
+    np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
+
+
+def chat_ids(tokenizer) -> list[list[int]]:
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                          return_dict=True)["input_ids"] for p in PROMPTS]
+
+
+def random_ids(vocab: int, lengths=(13, 5, 9), seed=0) -> list[list[int]]:
+    rng = np.random.RandomState(seed)
+    return [list(rng.randint(0, vocab, n)) for n in lengths]
 
 
 # ---------------------------------------------------------------- transformers references

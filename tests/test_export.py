@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from test_loading import assert_logits_match, chat_ids, pad_batch, random_ids, torch_logits
+from conftest import assert_logits_match, chat_ids, pad_batch, random_ids, torch_logits
 from gpg_em.models import forward, load_pretrained, save_pretrained
 
 

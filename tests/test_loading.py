@@ -13,51 +13,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-import torch
 
-from conftest import TINY_KINDS, write_gguf
+from conftest import (TINY_KINDS, assert_logits_match, chat_ids, pad_batch, random_ids, torch_logits,
+                      write_gguf)
 from gpg_em.models import ModelConfig, ModelFileNotFoundError, ModelLoadError, forward, load_pretrained
 from gpg_em.models import loading, rope
 from gpg_em.models.gguf import llama3_scaling
-
-ATOL = 1e-3
-PROMPTS = ["What is 17 + 25?", "Hi", "Please reason step by step: a farmer has 3 fields of 12 cows each. How many cows?"]
-
-
-def pad_batch(seqs: list[list[int]], side: str, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """ids [B, T], mask [B, T] with each sequence left- or right-aligned."""
-    T = max(len(s) for s in seqs)
-    ids, mask = np.full((len(seqs), T), pad_id, np.int32), np.zeros((len(seqs), T), np.int32)
-    for i, s in enumerate(seqs):
-        cols = slice(T - len(s), T) if side == "left" else slice(0, len(s))
-        ids[i, cols], mask[i, cols] = s, 1
-    return ids, mask
-
-
-def torch_logits(model, ids, mask) -> np.ndarray:
-    """transformers' float32 logits [B, T, V]; explicit positions cumsum(mask) - 1 (needed for left padding)."""
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-                    position_ids=torch.tensor(positions, dtype=torch.long))
-    return out.logits.float().numpy()
-
-
-def assert_logits_match(ours, ref, mask, atol=ATOL):
-    real = np.asarray(mask).astype(bool)
-    ours, ref = np.asarray(ours)[real], np.asarray(ref)[real]  # [N, V]
-    assert np.abs(ours - ref).max() <= atol, np.abs(ours - ref).max()
-    np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
-
-
-def chat_ids(tokenizer) -> list[list[int]]:
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                          return_dict=True)["input_ids"] for p in PROMPTS]
-
-
-def random_ids(vocab: int, lengths=(13, 5, 9), seed=0) -> list[list[int]]:
-    rng = np.random.RandomState(seed)
-    return [list(rng.randint(0, vocab, n)) for n in lengths]
 
 
 # ---------------------------------------------------------------- SmolLM2-135M-Instruct
@@ -104,8 +65,8 @@ def test_smollm2_bfloat16_close_to_float32(smollm2):
     real = mask.astype(bool)
     lo, hi = np.asarray(forward(bf16, ids, mask))[real], np.asarray(forward(smollm2, ids, mask))[real]
     assert np.isfinite(lo).all()
-    assert np.abs(lo - hi).mean() < 0.2 * np.abs(hi).mean()
-    assert (lo.argmax(-1) == hi.argmax(-1)).mean() >= 0.8
+    assert np.abs(lo - hi).mean() < 0.05 * np.abs(hi).mean()  # measured 0.019
+    assert (lo.argmax(-1) == hi.argmax(-1)).mean() >= 0.9  # measured 0.976
 
 
 # ---------------------------------------------------------------- tiny random checkpoints

@@ -114,7 +114,15 @@ def _weight_files(folder: Path, stack: contextlib.ExitStack) -> dict[str, object
     """HF tensor name -> open safe_open handle, from the shard index or from every *.safetensors file."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise ModelLoadError(f"{index}: unreadable shard index ({e!r}); expected JSON with a "
+                                 "'weight_map' from tensor names to shard files") from None
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise ModelFileNotFoundError(f"{folder / shard}: shard listed in {index.name} does not exist; "
+                                             "expected every shard of the checkpoint")
         handles = {f: _open(folder / f, stack) for f in sorted(set(weight_map.values()))}
         return {name: handles[f] for name, f in weight_map.items()}
     files = sorted(folder.glob("*.safetensors"))
