@@ -52,11 +52,11 @@ def cmd_plan(args, overrides) -> None:
 def cmd_generate(args, _) -> None:
     from gpg_em.models import load_pretrained
     from gpg_em.rollout import generate
-    from gpg_em.rollout.cli_options import em_inf_from_args
+    from gpg_em.decoding_args import decoding_kwargs
     model = load_pretrained(args.model, dtype=args.dtype)
-    greedy = args.temperature == 0 and not args.em_inf
+    greedy = args.temperature == 0 and not (args.em_inf or args.adaptive_temperature)
     out = generate(model, [args.prompt], max_new_tokens=args.max_new_tokens, greedy=greedy,
-                   temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed, **em_inf_from_args(args))
+                   temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed, **decoding_kwargs(args))
     print(out.texts[0])
 
 
@@ -82,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    from gpg_em.rollout.cli_options import add_decoding_args
+    from gpg_em.decoding_args import add_decoding_args
     add_decoding_args(g)
     e = sub.add_parser("export", help="write a run's policy as a Hugging Face folder")
     e.add_argument("--workdir", required=True)

@@ -9,6 +9,7 @@ import numpy as np
 from gpg_em.models import Model
 from gpg_em.rewards import compute_rewards
 from gpg_em.rollout import generate
+from gpg_em.train.rollouts import encode_texts
 
 
 def evaluate(model: Model, entries: Sequence[dict], formatter, reward_components, *, max_new_tokens: int,
@@ -16,7 +17,7 @@ def evaluate(model: Model, entries: Sequence[dict], formatter, reward_components
     """Greedy completions of `entries`; pass@1 = mean reward (rewards are 0/1 for verifiable tasks)."""
     t0 = time.perf_counter()
     texts = [formatter.text(e, model.tokenizer) for e in entries]
-    out = generate(model, texts, max_new_tokens=max_new_tokens, greedy=True, chat_template=False)
+    out = generate(model, encode_texts(model.tokenizer, texts), max_new_tokens=max_new_tokens, greedy=True, chat_template=False)
     rewards, _ = compute_rewards(reward_components, texts, list(out.texts), list(entries), timeout_s)
     mask = np.asarray(out.mask)
     return {"reward_mean": float(np.mean(rewards)), "pass@1": float(np.mean(rewards >= 1.0)),

@@ -23,7 +23,7 @@ from gpg_em.train.evaluate import evaluate
 from gpg_em.train.metrics import MetricsWriter
 from gpg_em.train.resampling import assemble_batch, needs_more
 from gpg_em.train.rollouts import ARRAY_KEYS, RolloutSpec, merge_prompt_width, sample_round, score_round
-from gpg_em.train.setup import BATCH_KEYS, Run, build_run
+from gpg_em.train.setup import BATCH_KEYS, Run, build_run, needs_old_logprobs
 
 
 def round_seed(seed: int, step: int, round_index: int) -> int:
@@ -79,7 +79,7 @@ class Trainer:
     def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         arrays = {k: batch[k] for k in BATCH_KEYS}
         obj = self.run.objective
-        if obj.uses_ratio:
+        if needs_old_logprobs(self.c, obj):
             arrays["old_logprobs"] = self.run.logprobs(self.run.state.params, arrays)
         if obj.kl_coef > 0:
             arrays["ref_logprobs"] = self.run.logprobs(self.run.model.params, arrays)
@@ -102,7 +102,7 @@ class Trainer:
                   "rounds": info["n_rounds"], "hit_round_limit": bool(info["hit_round_limit"]),
                   "batch_valid_groups": info["n_valid_groups"],
                   "rollout_seconds": t1 - t0, "update_seconds": t2 - t1, **self._reward_metrics,
-                  **{f"data/{k}": v for k, v in self.prompts.metrics().items()}}
+                  **self.prompts.metrics()}
         return record
 
     # -- the loop ---------------------------------------------------------

@@ -40,9 +40,14 @@ def _pad_to(x: np.ndarray, width: int, left: bool, value=0) -> np.ndarray:
     return np.pad(x, widths, constant_values=value)
 
 
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of already chat-formatted prompt texts (the template carries any BOS)."""
+    return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
 def sample_round(model: Model, prompt_texts: Sequence[str], spec: RolloutSpec, seed: int) -> dict[str, Any]:
     """Samples G completions per prompt; arrays padded to max_new_tokens."""
-    out = generate(model, list(prompt_texts), max_new_tokens=spec.max_new_tokens, num_samples=spec.group_size,
+    out = generate(model, encode_texts(model.tokenizer, prompt_texts), max_new_tokens=spec.max_new_tokens, num_samples=spec.group_size,
                    temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k, greedy=spec.greedy,
                    seed=seed, chat_template=False)
     N = spec.max_new_tokens

@@ -46,6 +46,15 @@ def build_objective(c) -> Objective:
     return options[c.algorithm]()
 
 
+def needs_old_logprobs(c, objective: Objective) -> bool:
+    """Ratio losses over several inner epochs record the rollout policy's log-probs once.
+
+    With one epoch the ratio is exp(logp - stop_gradient(logp)) = 1 (TRL's
+    on-policy case): the loss receives old_logprobs=None and no extra forward runs.
+    """
+    return objective.uses_ratio and c.ppo.inner_epochs > 1
+
+
 @dataclasses.dataclass
 class Run:
     """Everything the loop holds on to."""
@@ -70,7 +79,7 @@ def build_run(c) -> Run:
     state, shardings = create_state(model.params, model.config, tx, mesh)
     sc = StepConfig(objective, micro_batch_size=c.train.micro_batch_size, temperature=c.rollout.temperature,
                     chunk_size=c.train.chunk_size)
-    keys = BATCH_KEYS + (("old_logprobs",) if objective.uses_ratio else ()) + (
+    keys = BATCH_KEYS + (("old_logprobs",) if needs_old_logprobs(c, objective) else ()) + (
         ("ref_logprobs",) if objective.kl_coef > 0 else ())
     update = jit_update_step(model.config, sc, tx, schedule, mesh, shardings, keys)
     logprobs = jit_logprobs(model.config, sc, mesh, shardings.params)

@@ -84,10 +84,10 @@ def jit_update_step(cfg: ModelConfig, sc: StepConfig, tx, schedule, mesh: Mesh, 
 
 
 def jit_logprobs(cfg: ModelConfig, sc: StepConfig, mesh: Mesh, param_shardings):
-    """Log-probs of a batch under given params (old policy or frozen reference): no gradient."""
-    def fn(params, batch):
-        return batch_logprobs(params, cfg, batch, micro_batch_size=sc.micro_batch_size,
+    """Log-probs [B, N] of a batch under given params (old policy or frozen reference): no gradient."""
+    def fn(params, rows):
+        return batch_logprobs(params, cfg, rows, micro_batch_size=sc.micro_batch_size,
                               temperature=sc.temperature, chunk_size=sc.chunk_size, remat=False)[0]
     b_shard = {k: batch_sharding(mesh, 2) for k in _ROW_KEYS}
-    return jax.jit(lambda p, b: fn(p, {k: b[k] for k in _ROW_KEYS}),
-                   in_shardings=(param_shardings, b_shard), out_shardings=batch_sharding(mesh, 2))
+    jitted = jax.jit(fn, in_shardings=(param_shardings, b_shard), out_shardings=batch_sharding(mesh, 2))
+    return lambda params, batch: jitted(params, {k: batch[k] for k in _ROW_KEYS})

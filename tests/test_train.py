@@ -1,0 +1,127 @@
+"""The RL loop end to end on the tiny random model: learning, resampling, resume, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from gpg_em.configuration import ConfigError, get
+from gpg_em.train.loop import Trainer
+from gpg_em.train.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+
+def tiny(**overrides):
+    return get(TINY, [(k, str(v)) for k, v in overrides.items()])
+
+
+def train_records(workdir):
+    return [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["kind"] == "train"]
+
+
+def test_gpg_learns_a_stub_reward(tmp_path):
+    c = tiny(**{"reward.fn": "stub_rewards:count_sevens", "total_steps": 24, "eval_every": 100,
+                "checkpoint_every": 100, "optim.learning_rate": 3e-3, "rollout.group_size": 8})
+    Trainer(c, str(tmp_path)).train()
+    rewards = [r["reward_mean"] for r in train_records(tmp_path)]
+    assert np.mean(rewards[-4:]) > 3 * np.mean(rewards[:4]) + 0.01, rewards
+
+
+def test_em_ft_lowers_entropy(tmp_path):
+    c = tiny(**{"algorithm": "em_ft", "total_steps": 10, "eval_every": 100, "checkpoint_every": 100,
+                "optim.learning_rate": 1e-2, "em.ft_reduction": "token_mean"})
+    Trainer(c, str(tmp_path)).train()
+    ent = [r["sample_entropy_mean"] for r in train_records(tmp_path)]
+    assert ent[-1] < 0.8 * ent[0], ent
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo", "rloo", "em_rl"])
+def test_every_algorithm_runs_a_step(tmp_path, algorithm):
+    c = tiny(**{"algorithm": algorithm, "total_steps": 1, "eval_every": 100, "checkpoint_every": 100,
+                "ppo.inner_epochs": 2})
+    record = Trainer(c, str(tmp_path)).train()
+    assert np.isfinite(record["loss"]) and record["step"] == 1
+
+
+def test_beta_th_resampling_reaches_threshold_and_respects_limit(tmp_path):
+    c = tiny(**{"reward.fn": "stub_rewards:mostly_invalid", "gpg.beta_th": 0.5, "gpg.max_rounds": 6,
+                "rollout.prompts_per_step": 4, "total_steps": 3, "eval_every": 100, "checkpoint_every": 100})
+    Trainer(c, str(tmp_path)).train()
+    for r in train_records(tmp_path):
+        assert 1 <= r["rounds"] <= 6
+        assert r["hit_round_limit"] or r["batch_valid_groups"] >= 2  # beta_th * groups = 2
+        assert r["inverse_alpha"] == pytest.approx(min(1.0, r["batch_valid_groups"] / 4))
+    c = tiny(**{"reward.fn": "stub_rewards:mostly_invalid", "gpg.beta_th": 1.0, "gpg.max_rounds": 2,
+                "total_steps": 1, "eval_every": 100, "checkpoint_every": 100})
+    Trainer(c, str(tmp_path / "limit")).train()
+    (r,) = train_records(tmp_path / "limit")
+    assert r["rounds"] == 2 and r["hit_round_limit"] is True
+
+
+def test_broken_reward_counts_errors_and_training_continues(tmp_path):
+    c = tiny(**{"reward.fn": "stub_rewards:always_raises", "total_steps": 1, "eval_every": 100})
+    record = Trainer(c, str(tmp_path)).train()
+    assert record["reward/always_raises/n_errors"] > 0 and record["reward_mean"] == 0.0
+
+
+def _cli(workdir, *extra):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]))
+    return [sys.executable, "-m", "gpg_em.cli", "train", "--config", TINY, "--workdir", str(workdir),
+            "--config.total_steps=6", "--config.checkpoint_every=2", "--config.eval_every=3", *extra], env
+
+
+def _final_params(workdir):
+    import orbax.checkpoint as ocp
+    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "loop"))
+    state = mngr.restore(6, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    import jax
+    return jax.tree.leaves(state["params"])
+
+
+def _comparable(records):
+    drop = ("rollout_seconds", "update_seconds", "eval_seconds")
+    return [{k: v for k, v in r.items() if k not in drop} for r in records]
+
+
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    cmd, env = _cli(ref_dir)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    cmd, env = _cli(cut_dir)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (cut_dir / "checkpoints" / "4").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut_dir / "checkpoints" / "6").exists(), "run finished before it could be killed"
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    for a, b in zip(_final_params(ref_dir), _final_params(cut_dir)):
+        np.testing.assert_array_equal(a, b)
+    ref = _comparable(read_metrics(ref_dir / "metrics.jsonl"))
+    assert _comparable(read_metrics(cut_dir / "metrics.jsonl")) == ref
+
+
+@pytest.mark.parametrize("override,needle", [
+    (("rollout.prompts_per_step", "3"), None),
+    (("train.micro_batch_size", "3"), "train.micro_batch_size"),
+    (("reward.fn", "no_such_module:fn"), "reward.fn"),
+    (("data.source.task", "no_such_task"), "no_such_task"),
+    (("algorithm", "ppo"), "algorithm"),
+    (("rollout.gropu_size", "4"), "rollout.group_size"),
+])
+def test_bad_config_is_refused_with_the_key(tmp_path, override, needle):
+    if needle is None:
+        get(TINY, [override])  # 3 prompts x 4 samples is fine
+        return
+    with pytest.raises((ConfigError, ValueError, KeyError)) as e:
+        c = get(TINY, [override])
+        Trainer(c, str(tmp_path))
+    assert needle in str(e.value)
+    assert not os.path.exists(tmp_path / "metrics.jsonl")
