@@ -2,6 +2,7 @@
 
     gpg-em train [--config configs/gpg.py] [--workdir DIR] [--config.KEY=VALUE ...]
     gpg-em generate --model smollm2-135m-instruct --prompt "..." [--max-new-tokens N] [--em-inf]
+    gpg-em eval --model SPEC_OR_WORKDIR [--task chain_sum | --data FILE] [--mode greedy,avg,maj,em_inf,adaptive]
     gpg-em export --workdir DIR --out HF_DIR
     gpg-em plan [--config ...] [--config.KEY=VALUE ...]     (print the resolved config, build nothing)
 """
@@ -60,6 +61,11 @@ def cmd_generate(args, _) -> None:
     print(out.texts[0])
 
 
+def cmd_eval(args, _) -> None:
+    from gpg_em.eval.cli import run_eval
+    run_eval(args)
+
+
 def cmd_export(args, _) -> None:
     from gpg_em.train.export import export_workdir
     path = export_workdir(args.workdir, args.out, step=args.step)
@@ -84,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     from gpg_em.decoding_args import add_decoding_args
     add_decoding_args(g)
+    from gpg_em.eval.cli import add_eval_parser
+    add_eval_parser(sub)
     e = sub.add_parser("export", help="write a run's policy as a Hugging Face folder")
     e.add_argument("--workdir", required=True)
     e.add_argument("--out", required=True)
@@ -91,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"train": cmd_train, "plan": cmd_plan, "generate": cmd_generate, "export": cmd_export}
+COMMANDS = {"train": cmd_train, "plan": cmd_plan, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> None:

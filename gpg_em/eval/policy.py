@@ -1,0 +1,53 @@
+"""The model to evaluate: a pretrained spec, or a training workdir's checkpointed policy.
+
+A workdir is recognised by its `config.json` beside a `checkpoints/` folder
+(a Hugging Face folder has a config.json too, but no checkpoints/). Its policy
+is restored the way `gpg_em.train.export` does: rebuild the run from the
+stored config (`build_run`, so the checkpoint's tree and shardings are known),
+then restore the state at the latest (or a given) step.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from gpg_em.models import Model, load_pretrained
+
+
+def is_workdir(spec: str) -> bool:
+    return os.path.isfile(os.path.join(spec, "config.json")) and os.path.isdir(os.path.join(spec, "checkpoints"))
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found; expected a gpg-em run folder (made by `gpg-em train`)")
+    with open(path, encoding="utf-8") as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_policy(workdir: str, step: int | None = None) -> tuple[Model, ml_collections.ConfigDict, int]:
+    """(policy at `step` (default: latest checkpoint), the run's config, the step restored)."""
+    from gpg_em.train import checkpoint as ckpt
+    from gpg_em.train.setup import build_run
+    c = read_run_config(workdir)
+    run = build_run(c)
+    mngr = ckpt.manager(workdir)
+    step = ckpt.latest_step(mngr) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to restore")
+    state, _ = ckpt.restore(mngr, step, ckpt.abstract_like(run.state))
+    return Model(state.params, run.model.config, run.model.tokenizer), c, int(step)
+
+
+def load_model(spec: str, dtype: str = "float32", step: int | None = None) -> tuple[Model, dict[str, Any]]:
+    """(Model, description) of a workdir or a pretrained spec (built-in name, HF folder, .gguf)."""
+    if is_workdir(spec):
+        model, c, step = restore_policy(spec, step)
+        return model, {"kind": "workdir", "spec": spec, "step": step, "run_config": c}
+    if step is not None:
+        raise ValueError(f"--step {step}: only a training workdir has checkpoint steps; {spec!r} is not one")
+    return load_pretrained(spec, dtype=dtype), {"kind": "pretrained", "spec": spec}
