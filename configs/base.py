@@ -25,10 +25,13 @@ def get_config():
         hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16))
 
     c.data = ml_collections.ConfigDict()
+    # chain_sum with 2-3 terms of 1-2 digits: SmolLM2-135M's greedy pass@1 is 6% on reasoning-gym's
+    # default chain_sum and 33% on 2 terms (48 held-out problems, measured): this sits between.
+    task_options = dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2)
     c.data.source = ml_collections.ConfigDict(dict(
-        kind="reasoning_gym", task="chain_sum", options={}, seed=0, size=10_000))
+        kind="reasoning_gym", task="chain_sum", options=task_options, seed=0, size=10_000))
     c.data.eval_source = ml_collections.ConfigDict(dict(
-        kind="reasoning_gym", task="chain_sum", options={}, seed=12345, size=64))
+        kind="reasoning_gym", task="chain_sum", options=task_options, seed=12345, size=64))
     c.data.system_prompt = ""
     c.data.instruction = "Put your final answer within \\boxed{}."
     c.data.max_prompt_tokens = 256

@@ -1,12 +1,16 @@
 """The one update step every algorithm shares: `(state, batch, rng) -> (state, metrics)`.
 
-Micro-batching without changing the loss: the batch is split into
-`micro_batch_size` rows, and each micro-batch's log-probs are computed inside
-`lax.map` under `jax.checkpoint`. The loss then sees the whole batch's
-[B, N] log-probs (so group advantages, AGE's inverse_alpha and every
-normaliser are those of the full batch), while the backward pass recomputes
-one micro-batch's activations at a time: memory grows with the micro-batch,
-not the batch, and the gradient is exactly the full-batch gradient.
+Micro-batching without changing the loss. Every loss here is a sum of
+per-row terms whose normalisers (token counts, group advantages, AGE's
+inverse_alpha, B * L_max) depend on masks and rewards only, never on the
+log-probs. So the gradient of the full-batch loss L(lp_1, ..., lp_M) is the
+sum over micro-batches m of the gradient of L with only lp_m live and the
+other rows held constant (their values do not enter d L / d lp_m). Each
+micro-batch does one forward and one backward inside a `lax.scan` that
+accumulates the gradient; memory grows with the micro-batch, not the batch,
+and the loss and metrics are evaluated once on the assembled [B, N] arrays,
+with the full batch's normalisers. A loss that couples rows through the
+log-probs would break this: `tests/test_update_step.py` checks the identity.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ class StepConfig:
 
 
 def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, temperature: float,
-                   chunk_size: int, remat: bool):
+                   chunk_size: int):
     """(logp, entropy) [B, N] of the batch's completions, micro-batch by micro-batch."""
     one = lambda p, rows: completion_logprobs(p, cfg, rows["prompt_ids"], rows["prompt_mask"],
                                               rows["completion_ids"], rows["completion_mask"],
@@ -47,22 +51,51 @@ def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, te
     if mb == B:
         return one(params, rows)
     split = jax.tree.map(lambda x: x.reshape(B // mb, mb, *x.shape[1:]), rows)
-    body = jax.checkpoint(lambda r: one(params, r)) if remat else (lambda r: one(params, r))
-    logp, ent = jax.lax.map(body, split)
+    logp, ent = jax.lax.map(lambda r: one(params, r), split)
     return logp.reshape(B, -1), ent.reshape(B, -1)
 
 
 def loss_fn(params, cfg: ModelConfig, sc: StepConfig, batch):
-    logp, ent = batch_logprobs(params, cfg, batch, micro_batch_size=sc.micro_batch_size,
-                               temperature=sc.temperature, chunk_size=sc.chunk_size, remat=True)
+    """Full-batch loss (one forward over the whole batch); the reference for the micro-batched gradient."""
+    logp, ent = batch_logprobs(params, cfg, batch, micro_batch_size=0, temperature=sc.temperature,
+                               chunk_size=sc.chunk_size)
     return objective_loss(sc.objective, logp, ent, batch)
+
+
+def loss_and_grad(params, cfg: ModelConfig, sc: StepConfig, batch):
+    """((loss, aux), grads) of the full-batch loss, accumulated over micro-batches (module docstring)."""
+    B = batch["prompt_ids"].shape[0]
+    mb = sc.micro_batch_size or B
+    if B % mb:
+        raise ValueError(f"micro_batch_size={mb} does not divide the batch of {B} rows")
+    if mb == B:
+        return jax.value_and_grad(loss_fn, has_aux=True)(params, cfg, sc, batch)
+    N = batch["completion_ids"].shape[1]
+    split = jax.tree.map(lambda x: x.reshape(B // mb, mb, *x.shape[1:]), {k: batch[k] for k in _ROW_KEYS})
+
+    def micro_loss(p, start, rows):
+        logp_m, ent_m = batch_logprobs(p, cfg, rows, micro_batch_size=0, temperature=sc.temperature,
+                                       chunk_size=sc.chunk_size)
+        place = lambda x: jax.lax.dynamic_update_slice_in_dim(jnp.zeros((B, N), jnp.float32), x, start, 0)
+        loss, _ = objective_loss(sc.objective, place(logp_m), place(ent_m), batch)
+        return loss, (logp_m, ent_m)
+
+    def body(grads, xs):
+        start, rows = xs
+        (_, out), g = jax.value_and_grad(micro_loss, has_aux=True)(params, start, rows)
+        return jax.tree.map(jnp.add, grads, g), out
+
+    starts = jnp.arange(B // mb) * mb
+    grads, (logp, ent) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (starts, split))
+    loss, aux = objective_loss(sc.objective, logp.reshape(B, N), ent.reshape(B, N), batch)
+    return (loss, aux), grads
 
 
 def update_step(state, batch, rng, *, cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation,
                 schedule):
     """One optimizer update on one batch. `rng` is accepted for losses that sample (none do yet)."""
     del rng
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, cfg, sc, batch)
+    (loss, aux), grads = loss_and_grad(state.params, cfg, sc, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step), **aux}
@@ -87,7 +120,7 @@ def jit_logprobs(cfg: ModelConfig, sc: StepConfig, mesh: Mesh, param_shardings):
     """Log-probs [B, N] of a batch under given params (old policy or frozen reference): no gradient."""
     def fn(params, rows):
         return batch_logprobs(params, cfg, rows, micro_batch_size=sc.micro_batch_size,
-                              temperature=sc.temperature, chunk_size=sc.chunk_size, remat=False)[0]
+                              temperature=sc.temperature, chunk_size=sc.chunk_size)[0]
     b_shard = {k: batch_sharding(mesh, 2) for k in _ROW_KEYS}
     jitted = jax.jit(fn, in_shardings=(param_shardings, b_shard), out_shardings=batch_sharding(mesh, 2))
     return lambda params, batch: jitted(params, {k: batch[k] for k in _ROW_KEYS})
