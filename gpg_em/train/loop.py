@@ -6,7 +6,6 @@ continues exactly as the uninterrupted run would have.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -22,7 +21,7 @@ from gpg_em.train import checkpoint as ckpt
 from gpg_em.train.evaluate import evaluate
 from gpg_em.train.metrics import MetricsWriter
 from gpg_em.train.resampling import assemble_batch, needs_more
-from gpg_em.train.rollouts import ARRAY_KEYS, RolloutSpec, merge_prompt_width, sample_round, score_round
+from gpg_em.train.rollouts import RolloutSpec, merge_prompt_width, sample_round, score_round
 from gpg_em.train.setup import BATCH_KEYS, Run, build_run, needs_old_logprobs
 
 

@@ -8,7 +8,7 @@ sample_logprobs / sample_entropies [B, N] and the texts (kept host-side).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,10 +17,6 @@ from gpg_em.losses import em_rl_reward
 from gpg_em.models import Model
 from gpg_em.rewards import compute_rewards
 from gpg_em.rollout import generate
-
-ARRAY_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "rewards",
-              "sample_logprobs", "sample_entropies")
-
 
 @dataclasses.dataclass(frozen=True)
 class RolloutSpec:
@@ -91,5 +87,3 @@ def merge_prompt_width(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r["prompt_mask"] = _pad_to(r["prompt_mask"], width, True)
     return rounds
 
-
-RolloutFn = Callable[[int], dict[str, Any]]
