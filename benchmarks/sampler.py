@@ -57,6 +57,24 @@ def time_call(fn) -> float:
     return time.perf_counter() - t
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes spent busy so far (from /proc/stat; 0 where unavailable)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return 0.0
+
+
+def timed(fn) -> tuple[float, float, float]:
+    """(wall s, this process's CPU s, other processes' CPU s) of one call."""
+    b, c, t = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    fn()
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return wall, cpu, max(busy_cpu_seconds() - b - cpu, 0.0)
+
+
 def roofline(cfg, batch: int, cache_slots: int) -> dict:
     """Measured matmul rates and bandwidth, and the decode-step floor they imply."""
     def rate(m, k, n, reps=20):
@@ -117,28 +135,38 @@ def main():
         gen_cfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=N,
                                    num_return_sequences=a.samples, eos_token_id=None, pad_token_id=pad)
 
-        def theirs():
+        def theirs(n_new=N):
             with torch.no_grad():
-                out = torch_model.generate(input_ids=t_ids, attention_mask=t_mask, generation_config=gen_cfg)
-            assert out.shape == (B, width + N), out.shape
+                out = torch_model.generate(input_ids=t_ids, attention_mask=t_mask, generation_config=gen_cfg,
+                                           max_new_tokens=n_new)
+            assert out.shape == (B, width + n_new), out.shape
         runners["transformers"] = theirs
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     times = {k: [] for k in runners}
-    for name, fn in runners.items():
-        print(f"warm-up {name}: {time_call(fn):.1f} s (compilation included for gpg_em)")
+    cpu = {k: [] for k in runners}
+    others = []
+    print(f"warm-up gpg_em (compiles): {time_call(ours):.1f} s", flush=True)
+    if "transformers" in runners:
+        print(f"warm-up transformers (8 tokens): {time_call(lambda: runners['transformers'](8)):.1f} s", flush=True)
     for r in range(a.repeats):
         for name, fn in runners.items():
-            times[name].append(time_call(fn))
-        print(f"repeat {r}: " + "  ".join(f"{k} {n_tokens / v[-1]:.0f} tok/s" for k, v in times.items()))
+            wall, c, o = timed(fn)
+            times[name].append(wall)
+            cpu[name].append(c)
+            others.append(o / wall)
+        print(f"repeat {r}: " + "  ".join(f"{k} {n_tokens / v[-1]:.0f} tok/s ({cpu[k][-1] / v[-1]:.2f} cores)"
+                                         for k, v in times.items()) +
+              f"  other processes {np.mean(others[-len(runners):]):.2f} cores", flush=True)
 
     roof = roofline(cfg, B, prompt_ids.shape[1] + N)
     print(f"\nworkload: {a.prompts} prompts x {a.samples} samples x {N} new tokens = {n_tokens} tokens, "
           f"prompt width {prompt_ids.shape[1]} (bucketed), float32, temperature 1, no early stop")
     med = {k: n_tokens / np.median(v) for k, v in times.items()}
     for k, v in med.items():
-        print(f"{k:>13}: median {v:7.1f} tok/s  ({np.median(times[k]):.2f} s per call; "
-              f"min..max {n_tokens / max(times[k]):.0f}..{n_tokens / min(times[k]):.0f})")
+        print(f"{k:>13}: median {v:7.1f} tok/s  ({np.median(times[k]):.2f} s per call, "
+              f"{np.median(cpu[k]) / n_tokens * 1e3:.1f} CPU ms per token; "
+              f"min..max {n_tokens / max(times[k]):.0f}..{n_tokens / min(times[k]):.0f} tok/s)")
     if "transformers" in med:
         pair = np.median(np.asarray(times["transformers"]) / np.asarray(times["gpg_em"]))
         print(f"        ratio: {med['gpg_em'] / med['transformers']:.2f}x (median of per-repeat ratios {pair:.2f}x)")
@@ -148,7 +176,8 @@ def main():
           f"= {roof['floor_tok_s']:.0f} tok/s (at the square-matmul rate {roof['floor_square_tok_s']:.0f} tok/s)")
     print(f"  gpg_em reaches {med['gpg_em'] / roof['floor_tok_s']:.0%} of the decode-shape roofline "
           f"({med['gpg_em'] / roof['floor_square_tok_s']:.0%} of the square-matmul one)")
-    print(f"load after: {os.getloadavg()}")
+    print(f"other processes used {np.median(others):.2f} cores (median over timed calls; "
+          f"max {max(others):.2f}) of {os.cpu_count()}; load after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,8 @@ def test_eval_cli_restores_a_run_and_matches_its_final_eval(half_finished_sweep,
                                "-k", "2", "--max-new-tokens", "8", "--out", str(out)]))
     saved = json.loads(out.read_text())
     assert saved["model"]["kind"] == "workdir" and saved["model"]["step"] == 2
-    assert saved["problems"] == {"kind": "reasoning_gym", "task": "chain_sum", "options": {}, "seed": 12345,
+    options = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}  # configs/base.py's eval task
+    assert saved["problems"] == {"kind": "reasoning_gym", "task": "chain_sum", "options": options, "seed": 12345,
                                  "size": 2}
     final_eval = [r for r in sweep.read_records(os.path.join(done.workdir, "metrics.jsonl"))
                   if r["kind"] == "eval"][-1]
