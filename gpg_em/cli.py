@@ -51,14 +51,23 @@ def cmd_plan(args, overrides) -> None:
 
 
 def cmd_generate(args, _) -> None:
+    import json
     from gpg_em.models import load_pretrained
     from gpg_em.rollout import generate
     from gpg_em.decoding_args import decoding_kwargs
     model = load_pretrained(args.model, dtype=args.dtype)
     greedy = args.temperature == 0 and not (args.em_inf or args.adaptive_temperature)
-    out = generate(model, [args.prompt], max_new_tokens=args.max_new_tokens, greedy=greedy,
-                   temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed, **decoding_kwargs(args))
-    print(out.texts[0])
+    out = generate(model, args.prompt, max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
+                   greedy=greedy, temperature=args.temperature or 1.0, top_p=args.top_p, seed=args.seed,
+                   **decoding_kwargs(args))
+    for b, text in enumerate(out.texts):
+        if not args.jsonl:
+            print(text)
+            continue
+        m = out.mask[b].astype(bool)
+        print(json.dumps({"prompt": args.prompt[b // args.num_samples], "sample": b % args.num_samples,
+                          "text": text, "num_tokens": int(m.sum()), "logprob": float(out.logprobs[b][m].sum()),
+                          "mean_entropy": float(out.entropies[b][m].mean()) if m.any() else 0.0}))
 
 
 def cmd_eval(args, _) -> None:
@@ -80,9 +89,12 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--config", default=None, help="config file with get_config() (default: configs/gpg.py)")
         if name == "train":
             s.add_argument("--workdir", default="runs/default", help="checkpoints, metrics.jsonl, TensorBoard")
-    g = sub.add_parser("generate", help="sample or greedily decode one prompt")
+    g = sub.add_parser("generate", help="sample or greedily decode prompts")
     g.add_argument("--model", default="smollm2-135m-instruct")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
+    g.add_argument("--num-samples", type=int, default=1, help="samples per prompt (prompt-major output)")
+    g.add_argument("--jsonl", action="store_true",
+                   help="one JSON line per sample: prompt, sample, text, num_tokens, logprob, mean_entropy")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)

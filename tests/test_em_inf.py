@@ -139,18 +139,19 @@ def test_generate_adaptive_temperature_runs_and_sharpens():
 # ---------------------------------------------------------------- command line
 
 def test_generate_command_with_em_inf(tiny_hf_dir, capsys):
-    import argparse
     import json
-    from gpg_em.rollout.command import add_generate_arguments, parse_overrides, run_generate
-    assert parse_overrides(EMInfConfig, "lr=0.05,n_steps=3") == EMInfConfig(lr=0.05, n_steps=3)
-    assert parse_overrides(AdaptiveTemperatureConfig, "") == AdaptiveTemperatureConfig()
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_overrides(EMInfConfig, "steps=3")
-    parser = add_generate_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["--model", str(tiny_hf_dir("qwen2")), "--prompt", "What is 12 + 30?", "--prompt", "Hi",
-                              "--num-samples", "2", "--max-new-tokens", "6", "--em-inf", "n_steps=3"])
-    assert run_generate(args) == 0
+    from gpg_em.cli import main
+    main(["generate", "--model", str(tiny_hf_dir("qwen2")), "--prompt", "What is 12 + 30?", "--prompt", "Hi",
+          "--num-samples", "2", "--max-new-tokens", "6", "--temperature", "1", "--em-inf", "--em-inf-steps", "3",
+          "--jsonl"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(d["prompt"], d["sample"]) for d in lines] == [("What is 12 + 30?", 0), ("What is 12 + 30?", 1),
                                                            ("Hi", 0), ("Hi", 1)]
     assert all(1 <= d["num_tokens"] <= 6 and d["logprob"] <= 0 for d in lines)
+
+
+def test_generate_command_rejects_two_decoders(tiny_hf_dir):
+    from gpg_em.cli import main
+    with pytest.raises(SystemExit, match="--em-inf and --adaptive-temperature"):
+        main(["generate", "--model", str(tiny_hf_dir("qwen2")), "--prompt", "Hi", "--em-inf",
+              "--adaptive-temperature"])
