@@ -31,7 +31,12 @@ def _recorded_vs_training(model, result, temperature):
                                     jnp.asarray(result.prompt_mask), jnp.asarray(result.tokens),
                                     jnp.asarray(result.mask), temperature=temperature)
     m = result.mask.astype(bool)
-    return np.abs(np.asarray(logp)[m] - result.logprobs[m]).max(), np.abs(np.asarray(ent)[m] - result.entropies[m]).max()
+    ent = np.asarray(ent)[m]
+    # Entropy error relative to max(1, H). The two paths order float32 sums differently (the decode step
+    # multiplies transposed weights); a logit error dz moves H by -Cov_p(dz, log p) / T, which is not
+    # bounded by max|dz| alone, so entropies get 3x the log-prob tolerance (asserted by the callers).
+    return (np.abs(np.asarray(logp)[m] - result.logprobs[m]).max(),
+            (np.abs(ent - result.entropies[m]) / np.maximum(1.0, ent)).max())
 
 
 # ---------------------------------------------------------------- SmolLM2 against transformers
@@ -54,11 +59,12 @@ def test_greedy_matches_transformers(smollm2, smollm2_torch):
     assert ours.texts[0] == smollm2.tokenizer.decode(ours.tokens[0][ours.mask[0] > 0], skip_special_tokens=True)
 
 
-def test_smollm2_recorded_logprobs_equal_training_path(smollm2):
-    result = generate(smollm2, PROMPTS[:2], max_new_tokens=24, num_samples=2, temperature=0.7, seed=3)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_smollm2_recorded_logprobs_equal_training_path(smollm2, temperature):
+    result = generate(smollm2, PROMPTS[:2], max_new_tokens=24, num_samples=2, temperature=temperature, seed=3)
     assert result.tokens.shape == (4, 24) and result.prompt_ids.shape[0] == 4
-    dlogp, dent = _recorded_vs_training(smollm2, result, 0.7)
-    assert dlogp <= 1e-4 and dent <= 1e-4, (dlogp, dent)
+    dlogp, dent = _recorded_vs_training(smollm2, result, temperature)
+    assert dlogp <= 1e-4 and dent <= 3e-4, (dlogp, dent)
 
 
 # ---------------------------------------------------------------- recorded values, tiny model

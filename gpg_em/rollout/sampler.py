@@ -4,12 +4,14 @@
                  max_new_tokens=128, num_samples=8)
 
 * Prompts arrive left-padded `[n, P]`. Each prompt is prefilled once; its
-  KV cache is then repeated `num_samples` times (rows prompt-major:
-  row i * num_samples + j is sample j of prompt i), so a group of G samples
-  costs one prompt forward, not G.
-* The cache has S = P + max_new_tokens slots; generated token t of every
-  row sits in slot P + t, so one scalar `cache_index` serves the whole batch
-  and the per-step update is a `dynamic_update_slice` of one slot.
+  keys/values are stored once and read by all `num_samples` samples (rows
+  prompt-major: row i * num_samples + j is sample j of prompt i), so a group
+  of G samples costs one prompt forward and one prompt-cache read per step.
+* Generated token t of every row sits in generated slot t of the cache
+  (`decode_step.KVCache`), so one scalar index serves the whole batch and
+  the per-step update is a `dynamic_update_slice` of one slot.
+* The decode step runs feature-major on transposed weights on CPU (see
+  `decode_step.decode_weights`).
 * Decode stops when every row has produced a stop token, or after
   max_new_tokens.
 * Compiled shapes: one (prefill, decode) pair per distinct
@@ -29,7 +31,7 @@ from gpg_em.models.config import ModelConfig
 from gpg_em.models.decoder import Decoder, init_cache
 from gpg_em.models.model import positions_from_mask
 from gpg_em.rollout.adaptive_temperature import adaptive_temperature_logits
-from gpg_em.rollout.decode_step import from_decoder_cache, step_hidden
+from gpg_em.rollout.decode_step import from_prefill_cache, jit_decode_weights, step_hidden, step_logits
 from gpg_em.rollout.em_inf import em_inf_logits
 from gpg_em.rollout.sampling import SamplingConfig, choose_tokens
 from gpg_em.rollout.state import DecodeState, SampleOutput
@@ -96,7 +98,6 @@ def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, s
     n, P = prompt_ids_NxP.shape
     B, N, G = n * num_samples, max_new_tokens, num_samples
     pmask = prompt_mask_NxP.astype(bool)
-    kv_mask = jnp.concatenate([pmask, jnp.ones((n, N), bool)], axis=1)  # [n, S]
     hidden, cache = Decoder(cfg).apply({"params": params}, prompt_ids_NxP, positions_from_mask(pmask), pmask,
                                        init_cache(cfg, n, P), 0)
     # Left padding puts every prompt's last token at P - 1.
@@ -112,19 +113,17 @@ def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, s
         done=_is_stop(token, sampling),
         last=token,
         positions=repeat(jnp.sum(pmask, axis=1, dtype=jnp.int32)),
-        kv_mask=repeat(kv_mask),
-        cache=jax.tree.map(repeat, from_decoder_cache(cache, N)),
+        prompt_mask=pmask,
+        cache=from_prefill_cache(cache, G, N),
         rng=rng,
-        prompt_len=P,
     )
 
 
 def _decode_step(params, state: DecodeState, cfg: ModelConfig, sampling: SamplingConfig) -> DecodeState:
     """Feeds `last` at its cache slot, draws tokens[:, step] for rows not done."""
     t = state.step
-    hidden, cache = step_hidden(params, cfg, state.last, state.positions, state.kv_mask, state.cache,
-                                state.prompt_len + t - 1)
-    z = modify_logits(head_logits(params, cfg, hidden), sampling)
+    hidden, cache = step_hidden(params, cfg, state.last, state.positions, state.prompt_mask, state.cache, t - 1)
+    z = modify_logits(step_logits(params, cfg, hidden), sampling)
     token, logp, ent = choose_tokens(z, jax.random.fold_in(state.rng, t), sampling)
     live = ~state.done
     token = jnp.where(live, token, sampling.pad_token_id)
@@ -142,13 +141,15 @@ def _decode_step(params, state: DecodeState, cfg: ModelConfig, sampling: Samplin
     )
 
 
-# The state is donated: its KV cache (30 layers x 2 x [B, S, KVH, Dh]; ~280 MB for
-# SmolLM2 at B=32, S=192) is the loop carry, and donation lets XLA write the
+# The state is donated: its KV cache (30 layers of prompt [n, KVH, P, Dh] and generated
+# [n, KVH, G, N, Dh] keys and values) is the loop carry, and donation lets XLA write the
 # while_loop's carry, and so every per-step `dynamic_update_slice`, into the
 # buffers prefill returned instead of first copying them (and holding two caches).
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"), donate_argnums=(1,))
 def decode(params, state: DecodeState, *, cfg: ModelConfig, sampling: SamplingConfig) -> DecodeState:
-    """Decodes until every row is done or max_new_tokens tokens exist (early exit)."""
+    """Decodes until every row is done or max_new_tokens tokens exist (early exit).
+
+    `params` are `decode_step.decode_weights(params, cfg, transpose)` (see there)."""
     def cond(s: DecodeState):
         return (s.step < s.max_new_tokens) & ~jnp.all(s.done)
 
@@ -165,5 +166,6 @@ def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sa
     state = prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, cfg=cfg, sampling=sampling,
                     max_new_tokens=max_new_tokens, num_samples=num_samples)
     if max_new_tokens > 1:  # (saves compiling a loop that would not run)
-        state = decode(params, state, cfg=cfg, sampling=sampling)
+        weights = jit_decode_weights(params, cfg=cfg, transpose=jax.default_backend() == "cpu")
+        state = decode(weights, state, cfg=cfg, sampling=sampling)
     return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)

@@ -10,8 +10,8 @@ from flax import struct
 
 @struct.dataclass
 class DecodeState:
-    """Carry of the jitted `while_loop`. B = prompts x samples (prompt-major), N = max_new_tokens,
-    S = prompt_len + N cache slots. Token t of row b sits in cache slot prompt_len + t."""
+    """Carry of the jitted `while_loop`. n prompts, G samples each, B = n * G rows (prompt-major),
+    P prompt slots, N = max_new_tokens; generated token t of every row sits in generated slot t."""
     step: jnp.ndarray  # [] int32: tokens produced so far (the next one is tokens[:, step])
     tokens: jnp.ndarray  # [B, N] int32, pad after the stop token
     mask: jnp.ndarray  # [B, N] int32: 1 on generated tokens up to and including the stop token
@@ -20,10 +20,9 @@ class DecodeState:
     done: jnp.ndarray  # [B] bool: produced a stop token
     last: jnp.ndarray  # [B] int32: tokens[:, step - 1], the next model input
     positions: jnp.ndarray  # [B] int32: position id of `last` (prompt tokens + generated before it)
-    kv_mask: jnp.ndarray  # [B, S] bool: valid cache slots (left padding of the prompt is False)
-    cache: Any  # list of decode_step.KVCache(k_t [B, KVH, Dh, S], v [B, KVH, S, Dh]), one per layer
+    prompt_mask: jnp.ndarray  # [n, P] bool: real prompt tokens (False on left padding)
+    cache: Any  # list of decode_step.KVCache, one per layer (prompt part shared by a prompt's samples)
     rng: jax.Array  # base key; step t draws with fold_in(rng, t)
-    prompt_len: int = struct.field(pytree_node=False)  # P, the (bucketed) prompt width
 
     @property
     def max_new_tokens(self) -> int:
