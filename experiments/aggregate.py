@@ -197,8 +197,22 @@ def plot_curves(groups: dict[str, list[Run]], path: str, x_axis: str = "step", b
     return path
 
 
-def aggregate(paths: Sequence[str], out_dir: str, window: int = 5, band: str = "std") -> dict[str, str]:
-    """Writes results.md, curves_step.png and curves_time.png; returns their paths."""
+def eval_tables(eval_files: Sequence[str]) -> str:
+    """`gpg-em eval --out` JSON files as their printed tables (one row per decoding mode), markdown-fenced."""
+    from gpg_em.eval.cli import table
+    parts = []
+    for path in eval_files:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        parts.append(f"Decoding, `{os.path.basename(path)}` (gpg-em eval {' '.join(record.get('argv', []))}):\n\n"
+                     f"```\n{table(record['results'])}\n```\n")
+    return "\n".join(parts)
+
+
+def aggregate(paths: Sequence[str], out_dir: str, window: int = 5, band: str = "std",
+              eval_files: Sequence[str] = ()) -> dict[str, str]:
+    """Writes results.md (with the `eval_files` tables appended), curves_step.png and curves_time.png;
+    returns their paths."""
     folders = find_runs(paths)
     if not folders:
         raise FileNotFoundError(f"no metrics.jsonl under {list(paths)}")
@@ -209,6 +223,8 @@ def aggregate(paths: Sequence[str], out_dir: str, window: int = 5, band: str = "
     with open(md, "w", encoding="utf-8") as f:
         f.write(f"Runs: {len(folders)} in {len(groups)} groups, from {', '.join(paths)}. "
                 f"Mean ± std over seeds (see experiments/aggregate.py for each column).\n\n{table}")
+        if eval_files:
+            f.write("\n\n" + eval_tables(eval_files))
     return {"table": md,
             "step": plot_curves(groups, os.path.join(out_dir, "curves_step.png"), "step", band),
             "time": plot_curves(groups, os.path.join(out_dir, "curves_time.png"), "time", band)}
@@ -220,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="experiments/results", help="output folder")
     p.add_argument("--window", type=int, default=5, help="train steps averaged for the final reward/entropy")
     p.add_argument("--band", default="std", choices=["std", "minmax"], help="spread drawn over seeds")
+    p.add_argument("--eval", nargs="*", default=[], metavar="JSON", help="gpg-em eval --out files to tabulate too")
     args = p.parse_args(argv)
-    written = aggregate(args.paths, args.out, args.window, args.band)
+    written = aggregate(args.paths, args.out, args.window, args.band, args.eval)
     with open(written["table"], encoding="utf-8") as f:
         print(f.read())
     print("wrote " + ", ".join(written.values()))

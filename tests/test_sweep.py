@@ -171,3 +171,18 @@ def test_aggregate_table_and_plots(tmp_path):
     x, mean, lo, hi, std, n = aggregate.seed_curves(groups["gpg"], "eval", "pass@1", "time")
     assert x.tolist() == [0.0, 6.0, 12.0] and mean.tolist() == pytest.approx([0.2, 0.5, 0.6]) and n == 2
     assert lo.tolist() == pytest.approx([0.2, 0.4, 0.5]) and hi.tolist() == pytest.approx([0.2, 0.6, 0.7])
+
+
+def test_aggregate_appends_eval_tables(tmp_path):
+    root = tmp_path / "runs"
+    _write_run(root / "gpg__seed0", 0, {0: 0.2}, [0.1], [2.0])
+    result = {"metrics": {"pass@1": 0.25}, "k": 1, "headline": "pass@1", "score": 0.25,
+              "shared_generation_with": None, "reward_mean": 0.25, "entropy_mean": 1.5, "tokens": 640,
+              "generate_seconds": 12.5, "tokens_per_second": 51.2}
+    evals = tmp_path / "decoding.json"
+    evals.write_text(json.dumps({"argv": ["--mode", "greedy"], "results": {"greedy": result}}))
+    assert aggregate.main([str(root), "--out", str(tmp_path / "out"), "--eval", str(evals)]) == 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "Decoding, `decoding.json` (gpg-em eval --mode greedy)" in text
+    row = next(line for line in text.splitlines() if line.startswith("greedy"))
+    assert row.split()[:3] == ["greedy", "pass@1", "0.250"] and "640" in row.split() and "12.5" in row.split()
