@@ -9,9 +9,10 @@ dropped to get the group; the seed is config.json's `seed` (else N, else 0).
 Writes, under --out:
   results.md       one row per group, mean ± std over seeds (sample std, ddof=1; no ± for one seed):
                    held-out greedy pass@1 at step 0, at the last step, and the best over all
-                   evaluations (step 0 included); train reward_mean and entropy_mean averaged over
+                   evaluations (step 0 included); train task reward (task_reward_mean where logged,
+                   else reward_mean) and entropy_mean averaged over
                    the last --window train steps; training seconds (sum of rollout + update seconds)
-  curves_step.png  train reward_mean, held-out pass@1, train entropy_mean against step
+  curves_step.png  train task reward, held-out pass@1, train entropy_mean against step
   curves_time.png  the same against training wall-clock seconds: per run the cumulative
                    rollout + update seconds (evaluation excluded; step 1 includes JIT compilation)
 Curves are the mean over a group's seeds at each step (x in time = the seeds' mean
@@ -31,7 +32,9 @@ from typing import Any, Sequence
 import numpy as np
 
 _SEED_SUFFIX = re.compile(r"__seed(\d+)$")
-PANELS = (("train", "reward_mean", "train reward"), ("eval", "pass@1", "held-out pass@1 (greedy)"),
+# The labelled task reward: `task_reward_mean` where the trainer logs it (for EM-RL `reward_mean` is the
+# negative entropy it trains on, not the task score), else `reward_mean`.
+PANELS = (("train", "task_reward", "train task reward"), ("eval", "pass@1", "held-out pass@1 (greedy)"),
           ("train", "entropy_mean", "train token entropy"))
 
 
@@ -71,6 +74,8 @@ def load_run(folder: str) -> Run:
     records = _records(os.path.join(folder, "metrics.jsonl"))
     by_kind: dict[str, dict[int, dict]] = {"train": {}, "eval": {}}
     for r in records:  # a later record of the same (kind, step) wins
+        if "reward_mean" in r or "task_reward_mean" in r:
+            r["task_reward"] = r.get("task_reward_mean", r.get("reward_mean"))
         if r.get("kind", "train") in by_kind and "step" in r:
             by_kind[r.get("kind", "train")][int(r["step"])] = r
     name = os.path.basename(os.path.normpath(folder))
@@ -114,7 +119,7 @@ def run_summary(run: Run, window: int = 5) -> dict[str, float]:
         "pass@1 step 0": ev.get(0, float("nan")),
         "final pass@1": ev[max(ev)] if ev else float("nan"),
         "best pass@1": max(ev.values()) if ev else float("nan"),
-        "reward (last)": mean(last("reward_mean")),
+        "task reward (last)": mean(last("task_reward")),
         "entropy (last)": mean(last("entropy_mean")),
         "train seconds": run.elapsed()[max(run.elapsed())],
     }
@@ -134,7 +139,7 @@ def _cell(mean: float, std: float | None, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
-COLUMNS = (("pass@1 step 0", 3), ("final pass@1", 3), ("best pass@1", 3), ("reward (last)", 3),
+COLUMNS = (("pass@1 step 0", 3), ("final pass@1", 3), ("best pass@1", 3), ("task reward (last)", 3),
            ("entropy (last)", 3), ("train seconds", 0))
 
 

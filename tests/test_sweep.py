@@ -186,3 +186,14 @@ def test_aggregate_appends_eval_tables(tmp_path):
     assert "Decoding, `decoding.json` (gpg-em eval --mode greedy)" in text
     row = next(line for line in text.splitlines() if line.startswith("greedy"))
     assert row.split()[:3] == ["greedy", "pass@1", "0.250"] and "640" in row.split() and "12.5" in row.split()
+
+
+def test_aggregate_reports_the_task_reward_not_an_intrinsic_one(tmp_path):
+    folder = tmp_path / "runs" / "em_rl__seed0"
+    os.makedirs(folder)
+    lines = [{"kind": "train", "step": s, "reward_mean": -2.0, "task_reward_mean": 0.25 * s, "entropy_mean": 1.0,
+              "rollout_seconds": 1.0, "update_seconds": 1.0} for s in (1, 2)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    aggregate.aggregate([str(tmp_path / "runs")], str(tmp_path / "out"), window=2)
+    # task reward over the last 2 steps: (0.25 + 0.5) / 2 = 0.375 (the EM-RL reward -2.0 is not reported)
+    assert "| em_rl | 1 | 2 | - | - | - | 0.375 | 1.000 | 4 |" in (tmp_path / "out" / "results.md").read_text()
