@@ -209,7 +209,9 @@ def eval_tables(eval_files: Sequence[str]) -> str:
     for path in eval_files:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
-        parts.append(f"Decoding, `{os.path.basename(path)}` (gpg-em eval {' '.join(record.get('argv', []))}):\n\n"
+        argv = record.get("argv", [])
+        argv = argv[1:] if argv[:1] == ["eval"] else argv  # recorded from `gpg-em eval ...`
+        parts.append(f"Decoding, `{os.path.basename(path)}` (gpg-em eval {' '.join(argv)}):\n\n"
                      f"```\n{table(record['results'])}\n```\n")
     return "\n".join(parts)
 
