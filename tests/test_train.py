@@ -125,3 +125,29 @@ def test_bad_config_is_refused_with_the_key(tmp_path, override, needle):
         Trainer(c, str(tmp_path))
     assert needle in str(e.value)
     assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+def test_update_and_sampler_compile_once_per_prompt_bucket(tmp_path, monkeypatch):
+    """Across the steps of a run nothing recompiles: one update/log-prob executable per distinct prompt
+    bucket (powers of two >= 16), one decode executable per distinct sampler shape, whatever the steps."""
+    from gpg_em.rollout import sampler
+    c = tiny(**{"algorithm": "grpo", "total_steps": 4, "eval_every": 2, "checkpoint_every": 100,
+                "ppo.inner_epochs": 2})
+    trainer = Trainer(c, str(tmp_path))
+    update, logprobs, decode = trainer.run.update, trainer.run.logprobs, sampler.decode
+    widths, decode_shapes, decode_before = [], [], decode._cache_size()
+
+    def recording_update(state, arrays, rng):
+        widths.append(arrays["prompt_ids"].shape[1])
+        return update(state, arrays, rng)
+
+    def recording_decode(params, state, *, cfg, sampling):
+        decode_shapes.append((state.tokens.shape, state.prompt_mask.shape, sampling))
+        return decode(params, state, cfg=cfg, sampling=sampling)
+
+    trainer.run.update = recording_update
+    monkeypatch.setattr(sampler, "decode", recording_decode)
+    trainer.train()
+    assert len(widths) == 4 * 2 and len(decode_shapes) >= 4  # 4 steps x 2 inner epochs; rollouts + evals
+    assert update._cache_size() == len(set(widths)) and logprobs._cache_size() == len(set(widths))
+    assert decode._cache_size() - decode_before == len(set(decode_shapes)) < len(decode_shapes)

@@ -123,4 +123,7 @@ def jit_logprobs(cfg: ModelConfig, sc: StepConfig, mesh: Mesh, param_shardings):
                               temperature=sc.temperature, chunk_size=sc.chunk_size)[0]
     b_shard = {k: batch_sharding(mesh, 2) for k in _ROW_KEYS}
     jitted = jax.jit(fn, in_shardings=(param_shardings, b_shard), out_shardings=batch_sharding(mesh, 2))
-    return lambda params, batch: jitted(params, {k: batch[k] for k in _ROW_KEYS})
+    def call(params, batch):
+        return jitted(params, {k: batch[k] for k in _ROW_KEYS})
+    call._cache_size = jitted._cache_size  # compiled executables so far (tests assert no recompilation)
+    return call
