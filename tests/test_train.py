@@ -150,4 +150,5 @@ def test_update_and_sampler_compile_once_per_prompt_bucket(tmp_path, monkeypatch
     trainer.train()
     assert len(widths) == 4 * 2 and len(decode_shapes) >= 4  # 4 steps x 2 inner epochs; rollouts + evals
     assert update._cache_size() == len(set(widths)) and logprobs._cache_size() == len(set(widths))
-    assert decode._cache_size() - decode_before == len(set(decode_shapes)) < len(decode_shapes)
+    # (the decode cache is process-wide: earlier tests may already hold some of these shapes)
+    assert decode._cache_size() - decode_before <= len(set(decode_shapes)) < len(decode_shapes)
