@@ -90,8 +90,18 @@ def test_seed_reproducible_and_varies():
     assert (a.tokens[0] != a.tokens[1]).any()  # two samples of one prompt differ
 
 
-def test_greedy_follows_teacher_forced_argmax():
-    model = tiny()
+@pytest.mark.parametrize("variant", [{}, {"qkv_bias": True, "tie_embeddings": True}, {"qk_norm": True}])
+def test_greedy_follows_teacher_forced_argmax(variant):
+    """The decode step (its own feature-major code) agrees with the decoder for the Llama, Qwen2
+    (q/k/v bias, tied head) and Qwen3 (q/k RMSNorm) variants."""
+    import dataclasses
+    if variant:
+        cfg = dataclasses.replace(TINY, **variant)
+        params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype),
+                              dict(init_params(cfg, jax.random.PRNGKey(0))))  # non-trivial biases / norm scales
+        model = Model(params, cfg)
+    else:
+        model = tiny()
     result = generate(model, PROMPT_IDS, max_new_tokens=10, greedy=True, stop_token_ids=[])
     logits = forward(model, np.concatenate([result.prompt_ids, result.tokens], 1),
                      np.concatenate([result.prompt_mask, result.mask], 1))

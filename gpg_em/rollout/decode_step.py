@@ -83,11 +83,12 @@ def decode_weights(params, cfg: ModelConfig, transpose: bool):
 jit_decode_weights = jax.jit(decode_weights, static_argnames=("cfg", "transpose"))
 
 
-def _rms_fm(x_DxB, scale_D, eps, dt):
-    """RMSNorm over the feature axis 0, exactly as the decoder's: float32 statistics, scale in `dt`."""
-    x32 = x_DxB.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=0, keepdims=True) + eps)
-    return (y.astype(dt) * scale_D.astype(dt)[:, None]).astype(dt)
+def _rms_fm(x, scale, eps, dt, axis=0):
+    """RMSNorm over `axis` (features of [D, B]; head_dim of [H, Dh, B] for Qwen3's q/k norm), exactly as
+    the decoder's: float32 statistics, scale in `dt`. `scale` [x.shape[axis]] broadcasts over the rest."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axis, keepdims=True) + eps)
+    return (y.astype(dt) * scale.astype(dt)[:, None]).astype(dt)
 
 
 def _linear_fm(p, x_INxB, dt):
@@ -97,13 +98,6 @@ def _linear_fm(p, x_INxB, dt):
     else:
         y = jax.lax.dot_general(p["kernel"].astype(dt), x_INxB.astype(dt), (((0,), (0,)), ((), ())))
     return y + p["bias"].astype(dt)[:, None] if "bias" in p else y
-
-
-def _rms_heads(x_HxDhxB, scale_Dh, eps, dt):
-    """Per-head RMSNorm (Qwen3 q/k norm) over the head_dim axis 1."""
-    x32 = x_HxDhxB.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=1, keepdims=True) + eps)
-    return (y.astype(dt) * scale_Dh.astype(dt)[:, None]).astype(dt)
 
 
 def _rope_fm(x_HxDhxB, cos_DhxB, sin_DhxB):
@@ -139,8 +133,8 @@ def _attention(lp, cfg: ModelConfig, h_DxB, cos, sin, prompt_mask_nxP, cache: KV
     k = _linear_fm(lp["k_proj"], h_DxB, dt).reshape(K, Dh, n * G)
     v = _linear_fm(lp["v_proj"], h_DxB, dt).reshape(K, Dh, n * G)
     if cfg.qk_norm:
-        q = _rms_heads(q, lp["q_norm"]["scale"], cfg.rms_norm_eps, dt)
-        k = _rms_heads(k, lp["k_norm"]["scale"], cfg.rms_norm_eps, dt)
+        q = _rms_fm(q, lp["q_norm"]["scale"], cfg.rms_norm_eps, dt, axis=1)
+        k = _rms_fm(k, lp["k_norm"]["scale"], cfg.rms_norm_eps, dt, axis=1)
     q, k = _rope_fm(q, cos, sin), _rope_fm(k, cos, sin)
     # columns b = (i, j) -> [n, K, G, ...], the cache's order
     k = k.reshape(K, Dh, n, G).transpose(2, 0, 3, 1)  # [n, K, G, Dh]
