@@ -68,5 +68,9 @@ def get_config():
 
     c.train = ml_collections.ConfigDict(dict(micro_batch_size=0, chunk_size=128))
     c.eval = ml_collections.ConfigDict(dict(num_prompts=64, max_new_tokens=96, greedy=True))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Device mesh over (data, fsdp, tensor); -1 takes the remaining devices (README "Scale-out").
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
+    # Multi-host: coordinator "host:port", process count and id; empty/-1 falls back to GPG_EM_COORDINATOR,
+    # GPG_EM_NUM_PROCESSES, GPG_EM_PROCESS_ID (TPU pod slices need none of them).
+    c.distributed = ml_collections.ConfigDict(dict(coordinator="", num_processes=-1, process_id=-1))
     return c

@@ -38,7 +38,7 @@ def _config(args, overrides):
 def cmd_train(args, overrides) -> None:
     from gpg_em.parallel import initialize_distributed
     c = _config(args, overrides)
-    initialize_distributed()
+    initialize_distributed(c.distributed)
     from gpg_em.train.loop import train
     record = train(c, args.workdir)
     if record:

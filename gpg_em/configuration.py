@@ -124,6 +124,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.model.dtype in ("float32", "bfloat16"), "model.dtype", f"{c.model.dtype!r} is not float32 or bfloat16")
     _require(c.rollout.temperature > 0, "rollout.temperature", f"must be > 0, got {c.rollout.temperature}")
     _require(0 < c.rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {c.rollout.top_p}")
+    shape = c.mesh.shape
+    _require(isinstance(shape, (tuple, list)) and len(shape) == 3 and all(isinstance(s, int) for s in shape)
+             and all(s >= 1 or s == -1 for s in shape) and list(shape).count(-1) <= 1, "mesh.shape",
+             f"{shape!r}: expected 3 sizes over (data, fsdp, tensor), each >= 1 or one -1 for the rest, e.g. 1,2,4")
 
 
 def get(argv_config: str | None, overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:

@@ -1,8 +1,10 @@
 """The decoder: one Flax Linen implementation for Llama, Qwen2 and Qwen3.
 
 Every parameter dimension carries a logical axis name (`vocab`, `embed`,
-`heads`, `kv_heads`, `mlp`, `head_dim`, `norm`); `gpg_em.parallel` maps them to
-mesh axes in one table. Layers are separate submodules (`layers_0`, ...), one
+`heads`, `kv_heads`, `mlp`, `head_dim`, `norm`), and so do the activations
+(`batch`, `length`, `act_embed`, `act_heads`, `act_kv_heads`, `act_mlp`, pinned
+with `parallel.constrain` while a sharded step is traced); `gpg_em.parallel`
+maps them to mesh axes in one table. Layers are separate submodules (`layers_0`, ...), one
 array per layer: on CPU, slicing stacked `[L, ...]` weights inside a jitted
 decode step copies them (measured ~2.6x slower per step).
 
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.rope import apply_rope, inverse_frequencies
+from gpg_em.parallel.mesh import constrain
 
 _NEG = -1e30  # finite, so a fully masked row is uniform rather than NaN
 
@@ -94,6 +97,8 @@ class Attention(nn.Module):
         q = Linear(H * Dh, ("embed", "heads"), cfg.qkv_bias, dt, name="q_proj")(x).reshape(B, T, H, Dh)
         k = Linear(K * Dh, ("embed", "kv_heads"), cfg.qkv_bias, dt, name="k_proj")(x).reshape(B, T, K, Dh)
         v = Linear(K * Dh, ("embed", "kv_heads"), cfg.qkv_bias, dt, name="v_proj")(x).reshape(B, T, K, Dh)
+        q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
+        k, v = (constrain(a, ("batch", "length", "act_kv_heads", "head_dim")) for a in (k, v))
         if cfg.qk_norm:
             q = RMSNorm(cfg.rms_norm_eps, "head_dim", dt, name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, "head_dim", dt, name="k_norm")(k)
@@ -119,6 +124,7 @@ class MLP(nn.Module):
         cfg, dt = self.cfg, _dtype(self.cfg)
         gate = Linear(cfg.intermediate_size, ("embed", "mlp"), False, dt, name="gate_proj")(x)
         up = Linear(cfg.intermediate_size, ("embed", "mlp"), False, dt, name="up_proj")(x)
+        gate, up = (constrain(a, ("batch", "length", "act_mlp")) for a in (gate, up))
         return Linear(cfg.hidden_size, ("mlp", "embed"), False, dt, name="down_proj")(nn.silu(gate) * up)
 
 
@@ -132,7 +138,7 @@ class Block(nn.Module):
             RMSNorm(self.cfg.rms_norm_eps, "norm", dt, name="input_norm")(x), positions, allowed, cache, cache_index)
         x = x + h
         x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg.rms_norm_eps, "norm", dt, name="post_attn_norm")(x))
-        return x, cache
+        return constrain(x, ("batch", "length", "act_embed")), cache
 
 
 class Decoder(nn.Module):
@@ -158,6 +164,7 @@ class Decoder(nn.Module):
         slots_q = cache_index + jnp.arange(T)  # slot of each query
         allowed = (jnp.arange(S)[None, :] <= slots_q[:, None])[None] & kv_mask[:, None, :].astype(bool)
         x = jnp.take(self.embed, input_ids, axis=0).astype(_dtype(self.cfg))
+        x = constrain(x, ("batch", "length", "act_embed"))
         new_cache = []
         for i, layer in enumerate(self.layers):
             x, c = layer(x, positions, allowed, None if cache is None else cache[i], cache_index)

@@ -1,13 +1,15 @@
-"""Device mesh, the logical-axis table, and multi-host initialisation.
+"""Device mesh, the logical-axis table, and activation sharding constraints.
 
 Parameters name their dimensions logically (`vocab`, `embed`, `heads`,
-`kv_heads`, `mlp`, `head_dim`, `norm`); batches use `batch`. One table,
-`LOGICAL_RULES`, maps those names to the mesh axes `data`, `fsdp`, `tensor`.
-A single CPU is the 1x1x1 special case of the same code path.
+`kv_heads`, `mlp`, `head_dim`, `norm`); activations and the KV cache use
+`batch`, `length`, `act_embed`, `act_heads`, `act_kv_heads`, `act_mlp`. One
+table, `LOGICAL_RULES`, maps every name to the mesh axes `data`, `fsdp`,
+`tensor`. A single CPU is the 1x1x1 special case of the same code path.
 """
 from __future__ import annotations
 
-import os
+import contextlib
+import math
 
 import flax.linen as nn
 import jax
@@ -17,9 +19,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axis (or axes, or None = replicated). FSDP shards the
-# embedding dimension of every weight; tensor parallelism splits heads and MLP.
+# embedding dimension of every weight and, with `data`, the batch; tensor
+# parallelism splits heads, MLP and vocabulary (weights and activations).
 LOGICAL_RULES: tuple[tuple[str, object], ...] = (
-    ("batch", ("data", "fsdp")),
+    # parameters
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
@@ -27,20 +30,39 @@ LOGICAL_RULES: tuple[tuple[str, object], ...] = (
     ("mlp", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    # activations, batches and the KV cache
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
 )
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all (or the given) devices; -1 takes the rest."""
+def mesh_shape(shape, num_devices: int) -> tuple[int, int, int]:
+    """Resolves `mesh.shape` (data, fsdp, tensor) against the device count; one -1 takes the rest."""
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else shape
+    expected = f"expected 3 sizes over {MESH_AXES} whose product is {num_devices} (one may be -1), e.g. (-1, 1, 1)"
+    if not isinstance(shape, tuple) or len(shape) != 3 or not all(isinstance(s, int) for s in shape):
+        raise ValueError(f"mesh.shape={shape!r}: {expected}")
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh.shape={shape!r}: {expected}")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"mesh.shape={shape!r}: {num_devices} devices do not divide by {known}; {expected}")
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"mesh.shape={shape!r} has {math.prod(shape)} devices but there are {num_devices}; "
+                         f"{expected}")
+    return shape
+
+
+def make_mesh(shape=(-1, 1, 1), devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all (or the given) devices; see `mesh_shape`."""
     devices = jax.devices() if devices is None else devices
-    n = len(devices)
-    if data == -1:
-        if n % (fsdp * tensor):
-            raise ValueError(f"mesh: {n} devices are not divisible by fsdp*tensor={fsdp * tensor}")
-        data = n // (fsdp * tensor)
-    if data * fsdp * tensor != n:
-        raise ValueError(f"mesh: data*fsdp*tensor = {data * fsdp * tensor} but there are {n} devices")
-    return Mesh(np.asarray(devices).reshape(data, fsdp, tensor), MESH_AXES)
+    return Mesh(np.asarray(devices).reshape(mesh_shape(shape, len(devices))), MESH_AXES)
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh, rules=LOGICAL_RULES):
@@ -48,9 +70,14 @@ def logical_to_sharding(logical_specs, mesh: Mesh, rules=LOGICAL_RULES):
     return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
 
 
+def logical_sharding(names: tuple, mesh: Mesh) -> NamedSharding:
+    """NamedSharding of one array whose dimensions have logical `names`."""
+    return NamedSharding(mesh, nn.logical_to_mesh_axes(names, list(LOGICAL_RULES)))
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Leading (batch) dimension split over data and fsdp, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+    return logical_sharding(("batch",) + (None,) * (ndim - 1), mesh)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -73,21 +100,32 @@ def fit_shardings(shapes, shardings, mesh: Mesh):
     return jax.tree.map(lambda s, sh: sh if shardable(s.shape, sh) else replicated(mesh), shapes, shardings)
 
 
-def initialize_distributed() -> bool:
-    """Starts JAX's multi-controller runtime when the environment asks for it.
+# The mesh whose rules constrain activations while a step is being traced (see `constrain`).
+_ACTIVATION_MESH: list[Mesh] = []
 
-    On TPU pod slices `jax.distributed.initialize()` discovers everything; on
-    GPU clusters and for local multi-process tests set
-    GPG_EM_COORDINATOR=host:port, GPG_EM_NUM_PROCESSES and GPG_EM_PROCESS_ID.
-    Returns True when initialised.
-    """
-    coordinator = os.environ.get("GPG_EM_COORDINATOR")
-    if coordinator:
-        jax.distributed.initialize(coordinator_address=coordinator,
-                                   num_processes=int(os.environ["GPG_EM_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["GPG_EM_PROCESS_ID"]))
-        return True
-    if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("GPG_EM_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
-        return True
-    return False
+
+@contextlib.contextmanager
+def activation_mesh(mesh: Mesh):
+    """Within this context, `constrain` pins activations to `mesh` by the table (used while tracing)."""
+    _ACTIVATION_MESH.append(mesh)
+    try:
+        yield mesh
+    finally:
+        _ACTIVATION_MESH.pop()
+
+
+def constrain(x: jax.Array, names: tuple) -> jax.Array:
+    """`x` constrained to the sharding its logical dimension `names` map to; identity outside
+    `activation_mesh`, on one device, or where a dimension does not divide its mesh axes."""
+    if not _ACTIVATION_MESH or _ACTIVATION_MESH[-1].size == 1:
+        return x
+    sharding = logical_sharding(names, _ACTIVATION_MESH[-1])
+    return jax.lax.with_sharding_constraint(x, sharding) if shardable(x.shape, sharding) else x
+
+
+def on_mesh(fn, mesh: Mesh):
+    """`fn` traced with activations pinned to `mesh` by the logical-axis table (see `constrain`)."""
+    def traced(*args):
+        with activation_mesh(mesh):
+            return fn(*args)
+    return traced

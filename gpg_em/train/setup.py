@@ -73,7 +73,7 @@ def build_run(c) -> Run:
     objective = build_objective(c)
     oc = OptimConfig(total_steps=c.total_steps, **c.optim.to_dict())
     tx, schedule = make_optimizer(oc)
-    mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    mesh = make_mesh(c.mesh.shape)
     if objective.kl_coef > 0:  # the state is donated each step: keep a separate copy as the reference
         model = dataclasses.replace(model, params=jax.tree.map(lambda x: x.copy(), model.params))
     state, shardings = create_state(model.params, model.config, tx, mesh)

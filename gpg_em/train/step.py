@@ -23,7 +23,7 @@ import optax
 from jax.sharding import Mesh
 
 from gpg_em.models import ModelConfig, completion_logprobs
-from gpg_em.parallel import batch_sharding, replicated
+from gpg_em.parallel import batch_sharding, on_mesh, replicated
 from gpg_em.train.objective import Objective, objective_loss
 
 _ROW_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
@@ -103,17 +103,23 @@ def update_step(state, batch, rng, *, cfg: ModelConfig, sc: StepConfig, tx: opta
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def batch_shardings(batch, mesh: Mesh):
-    return {k: batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+def batch_shardings(batch_keys, mesh: Mesh) -> dict:
+    """Rows split over the batch axes: `rewards` is [B], every other batch array [B, N] (or [B, P])."""
+    return {k: batch_sharding(mesh, 1 if k == "rewards" else 2) for k in batch_keys}
 
 
 def jit_update_step(cfg: ModelConfig, sc: StepConfig, tx, schedule, mesh: Mesh, state_shardings, batch_keys):
     """`update_step` jitted once with explicit shardings; the state is donated (updated in place)."""
-    fn = functools.partial(update_step, cfg=cfg, sc=sc, tx=tx, schedule=schedule)
-    ndims = {"rewards": 1}
-    b_shard = {k: batch_sharding(mesh, ndims.get(k, 2)) for k in batch_keys}
-    return jax.jit(fn, in_shardings=(state_shardings, b_shard, replicated(mesh)),
+    fn = on_mesh(functools.partial(update_step, cfg=cfg, sc=sc, tx=tx, schedule=schedule), mesh)
+    return jax.jit(fn, in_shardings=(state_shardings, batch_shardings(batch_keys, mesh), replicated(mesh)),
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
+
+
+def jit_loss_and_grad(cfg: ModelConfig, sc: StepConfig, mesh: Mesh, param_shardings, batch_keys):
+    """`((loss, aux), grads)` of a batch, jitted with the update step's shardings (grads shaped as params)."""
+    fn = on_mesh(lambda params, batch: loss_and_grad(params, cfg, sc, batch), mesh)
+    return jax.jit(fn, in_shardings=(param_shardings, batch_shardings(batch_keys, mesh)),
+                   out_shardings=(replicated(mesh), param_shardings))
 
 
 def jit_logprobs(cfg: ModelConfig, sc: StepConfig, mesh: Mesh, param_shardings):
@@ -121,8 +127,8 @@ def jit_logprobs(cfg: ModelConfig, sc: StepConfig, mesh: Mesh, param_shardings):
     def fn(params, rows):
         return batch_logprobs(params, cfg, rows, micro_batch_size=sc.micro_batch_size,
                               temperature=sc.temperature, chunk_size=sc.chunk_size)[0]
-    b_shard = {k: batch_sharding(mesh, 2) for k in _ROW_KEYS}
-    jitted = jax.jit(fn, in_shardings=(param_shardings, b_shard), out_shardings=batch_sharding(mesh, 2))
+    b_shard = batch_shardings(_ROW_KEYS, mesh)
+    jitted = jax.jit(on_mesh(fn, mesh), in_shardings=(param_shardings, b_shard), out_shardings=batch_sharding(mesh, 2))
     def call(params, batch):
         return jitted(params, {k: batch[k] for k in _ROW_KEYS})
     call._cache_size = jitted._cache_size  # compiled executables so far (tests assert no recompilation)

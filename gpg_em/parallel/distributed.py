@@ -1,0 +1,107 @@
+"""Multi-host runs: JAX's multi-controller runtime and moving rows between process-local and global arrays.
+
+Every process runs the same program on its own devices. Batches are global
+arrays whose leading (row) dimension is split over the mesh's batch axes; each
+process holds, reads and scores only the rows its devices own
+(`process_slice`), and `global_batch` / `local_rows` convert between the two.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+
+from gpg_em.parallel.mesh import batch_sharding
+
+
+def _setting(dc, key: str, env: str, cast):
+    """The config value `distributed.<key>` when set, else the environment variable, else None."""
+    value = None if dc is None else dc.get(key)
+    if value in (None, "", -1, 0) and os.environ.get(env):
+        value = os.environ[env]
+    return None if value in (None, "", -1) else cast(value)
+
+
+def initialize_distributed(dc=None) -> bool:
+    """Starts JAX's multi-controller runtime when the config or the environment asks for it.
+
+    `dc` is the config's `distributed` block (coordinator "host:port", num_processes,
+    process_id); unset keys fall back to GPG_EM_COORDINATOR, GPG_EM_NUM_PROCESSES,
+    GPG_EM_PROCESS_ID. On TPU pod slices (TPU_WORKER_HOSTNAMES set) or with
+    GPG_EM_DISTRIBUTED=1, `jax.distributed.initialize()` discovers everything itself.
+    CPU processes exchange collectives over gloo. Returns True when initialised.
+    """
+    coordinator = _setting(dc, "coordinator", "GPG_EM_COORDINATOR", str)
+    if coordinator:
+        if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=coordinator,
+                                   num_processes=_setting(dc, "num_processes", "GPG_EM_NUM_PROCESSES", int),
+                                   process_id=_setting(dc, "process_id", "GPG_EM_PROCESS_ID", int))
+        return True
+    if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("GPG_EM_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def is_primary() -> bool:
+    """Process 0: the one that writes metrics, configs and logs."""
+    return jax.process_index() == 0
+
+
+def process_slice(mesh: Mesh, rows: int) -> slice:
+    """The rows of a [rows, ...] batch that this process's devices hold (all rows when the batch
+    is replicated because `rows` does not divide the batch axes)."""
+    sharding = batch_sharding(mesh, 1)
+    if rows % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        return slice(0, rows)
+    spans = [idx[0].indices(rows)[:2] for idx in sharding.addressable_devices_indices_map((rows,)).values()]
+    return slice(min(s for s, _ in spans), max(e for _, e in spans))
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh, global_rows: int) -> dict[str, jax.Array]:
+    """Process-local rows [rows_p, ...] -> global arrays [global_rows, ...] split over the batch axes.
+
+    When the local arrays already hold every row (one process, or a replicated batch) they are
+    placed directly."""
+    def one(x):
+        x = np.asarray(x)
+        sharding = _row_sharding(mesh, x.ndim, global_rows)
+        if x.shape[0] == global_rows:
+            return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+        return jax.make_array_from_process_local_data(sharding, x, (global_rows,) + x.shape[1:])
+    return {k: one(v) for k, v in local.items()}
+
+
+def _row_sharding(mesh: Mesh, ndim: int, rows: int) -> NamedSharding:
+    sharding = batch_sharding(mesh, ndim)
+    return sharding if rows % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else \
+        NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def local_rows(x: jax.Array, mesh: Mesh) -> np.ndarray:
+    """This process's rows of a global batch array (the whole array on one process)."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    rows = process_slice(mesh, x.shape[0])
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].indices(x.shape[0])[0])
+    seen, parts = set(), []
+    for s in shards:
+        start = s.index[0].indices(x.shape[0])[0]
+        if start not in seen:
+            seen.add(start)
+            parts.append(np.asarray(s.data))
+    out = np.concatenate(parts, axis=0)
+    assert out.shape[0] == rows.stop - rows.start, (out.shape, rows)
+    return out
+
+
+def agree_any(flag: bool) -> bool:
+    """True on every process when it is True on any (keeps data-dependent loops in step)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))

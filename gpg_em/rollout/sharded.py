@@ -1,0 +1,86 @@
+"""The sampler on a device mesh: prefill and decode jitted with explicit in/out shardings.
+
+Same functions as `sampler.sample` (prefill, then the `while_loop` decode with
+the state donated), placed by the logical-axis table: params as the train
+state holds them, prompts and every [B, ...] row array over the batch axes,
+and the KV cache over the batch axes (prompts) and `tensor` (KV heads):
+
+    prompt_k_t [n, KVH, Dh, P]   ("batch", "act_kv_heads", "head_dim", "length")
+    gen_v      [n, KVH, G, N, Dh] ("batch", "act_kv_heads", None, "length", "head_dim")
+
+Dimensions that do not divide their mesh axes are replicated. The decode
+reads the kernels as stored (`decode_weights(transpose=False)`): the
+transposed copy is a single-CPU optimisation and would be a second,
+differently sharded copy of every weight on a mesh.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from gpg_em.models.config import ModelConfig
+from gpg_em.models.model import init_params
+from gpg_em.parallel import batch_sharding, fit_shardings, logical_sharding, on_mesh, replicated
+from gpg_em.rollout import sampler
+from gpg_em.rollout.decode_step import KVCache
+from gpg_em.rollout.sampling import SamplingConfig
+from gpg_em.rollout.state import DecodeState, SampleOutput
+
+_CACHE_AXES = KVCache(prompt_k_t=("batch", "act_kv_heads", "head_dim", "length"),
+                      prompt_v=("batch", "act_kv_heads", "length", "head_dim"),
+                      gen_k_t=("batch", "act_kv_heads", None, "head_dim", "length"),
+                      gen_v=("batch", "act_kv_heads", None, "length", "head_dim"))
+
+
+def state_shardings(abstract: DecodeState, mesh: Mesh) -> DecodeState:
+    """NamedShardings of a decode state: rows and prompts over the batch axes, the KV cache as `_CACHE_AXES`."""
+    rows = lambda x: batch_sharding(mesh, x.ndim)
+    cache = [KVCache(*(logical_sharding(names, mesh) for names in _CACHE_AXES)) for _ in abstract.cache]
+    wanted = abstract.replace(
+        step=replicated(mesh), tokens=rows(abstract.tokens), mask=rows(abstract.mask),
+        logprobs=rows(abstract.logprobs), entropies=rows(abstract.entropies), done=rows(abstract.done),
+        last=rows(abstract.last), positions=rows(abstract.positions), prompt_mask=rows(abstract.prompt_mask),
+        cache=cache, rng=replicated(mesh))
+    return fit_shardings(abstract, wanted, mesh)
+
+
+def _batch_size(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+class ShardedSampler:
+    """`sample` on `mesh` for params placed by `param_shardings`; one (prefill, decode) pair per shape."""
+
+    def __init__(self, cfg: ModelConfig, mesh: Mesh, param_shardings):
+        self.cfg, self.mesh, self.param_shardings = cfg, mesh, param_shardings
+        self.abstract_params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+
+    @functools.lru_cache(maxsize=64)
+    def jitted(self, sampling: SamplingConfig, max_new_tokens: int, num_samples: int, n: int, P: int):
+        """(prefill, decode, state shardings, prompt sharding) for n prompts of padded width P."""
+        prefill = functools.partial(sampler.prefill, cfg=self.cfg, sampling=sampling,
+                                    max_new_tokens=max_new_tokens, num_samples=num_samples)
+        ids = jax.ShapeDtypeStruct((n, P), jnp.int32)
+        s_shard = state_shardings(jax.eval_shape(prefill, self.abstract_params, ids, ids, jax.random.PRNGKey(0)),
+                                  self.mesh)
+        prompts = batch_sharding(self.mesh, 2) if n % _batch_size(self.mesh) == 0 else replicated(self.mesh)
+        pre = jax.jit(on_mesh(prefill, self.mesh), out_shardings=s_shard,
+                      in_shardings=(self.param_shardings, prompts, prompts, replicated(self.mesh)))
+        decode = functools.partial(sampler.decode, cfg=self.cfg, sampling=sampling)
+        # The state (its KV cache) is donated: the loop carry reuses prefill's buffers (see sampler.decode).
+        dec = jax.jit(on_mesh(decode, self.mesh), in_shardings=(self.param_shardings, s_shard),
+                      out_shardings=s_shard, donate_argnums=(1,))
+        return pre, dec, s_shard, prompts
+
+    def __call__(self, params, prompt_ids_NxP, prompt_mask_NxP, rng, *, sampling: SamplingConfig,
+                 max_new_tokens: int, num_samples: int = 1) -> SampleOutput:
+        """As `sampler.sample`: global arrays [n * G, N] (rows prompt-major), sharded over the batch axes."""
+        n, P = prompt_ids_NxP.shape
+        pre, dec, _, _ = self.jitted(sampling, max_new_tokens, num_samples, n, P)
+        state = pre(params, prompt_ids_NxP, prompt_mask_NxP, rng)
+        if max_new_tokens > 1:
+            state = dec(params, state)
+        return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
