@@ -4,11 +4,13 @@
     gpg-em generate --model smollm2-135m-instruct --prompt "..." [--max-new-tokens N] [--em-inf]
     gpg-em eval --model SPEC_OR_WORKDIR [--task chain_sum | --data FILE] [--mode greedy,avg,maj,em_inf,adaptive]
     gpg-em export --workdir DIR --out HF_DIR
-    gpg-em plan [--config ...] [--config.KEY=VALUE ...]     (print the resolved config, build nothing)
+    gpg-em plan [--config ...] [--mesh D,F,T] [--devices N] [--json | --print-config] [--config.KEY=VALUE ...]
+                (per-device memory of the update step and sampler, compiled ahead of time; nothing loaded)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -46,12 +48,33 @@ def cmd_train(args, overrides) -> None:
               f"metrics in {args.workdir}/metrics.jsonl")
 
 
+def _fake_devices(n: int) -> None:
+    """Asks XLA for `n` CPU devices; must run before JAX starts its backend."""
+    import os
+    if "jax" in sys.modules and sys.modules["jax"].config.jax_platforms not in (None, "", "cpu"):
+        raise SystemExit("gpg-em plan --devices: JAX already started on another platform")
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={n}"])
+
+
 def cmd_plan(args, overrides) -> None:
-    print(_config(args, overrides).to_json(indent=2))
+    c = _config(args, overrides)
+    if args.print_config:
+        print(c.to_json(indent=2))
+        return
+    if args.devices:
+        _fake_devices(args.devices)
+    from gpg_em.train.plan import format_plan, plan
+    shape = tuple(int(s) for s in args.mesh.split(",")) if args.mesh else tuple(c.mesh.shape)
+    try:
+        result = plan(c, shape)
+    except ValueError as e:
+        raise SystemExit(f"gpg-em plan: {e}") from None
+    print(json.dumps(result) if args.json else format_plan(result))
 
 
 def cmd_generate(args, _) -> None:
-    import json
     from gpg_em.models import load_pretrained
     from gpg_em.rollout import generate
     from gpg_em.decoding_args import decoding_kwargs
@@ -89,6 +112,11 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--config", default=None, help="config file with get_config() (default: configs/gpg.py)")
         if name == "train":
             s.add_argument("--workdir", default="runs/default", help="checkpoints, metrics.jsonl, TensorBoard")
+        else:
+            s.add_argument("--mesh", default=None, help="data,fsdp,tensor sizes (-1: the rest); default mesh.shape")
+            s.add_argument("--devices", type=int, default=0, help="plan for N fake CPU devices")
+            s.add_argument("--json", action="store_true", help="print the plan as one JSON object (bytes)")
+            s.add_argument("--print-config", action="store_true", help="print the resolved config, build nothing")
     g = sub.add_parser("generate", help="sample or greedily decode prompts")
     g.add_argument("--model", default="smollm2-135m-instruct")
     g.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")

@@ -99,3 +99,11 @@ def load_pretrained(spec: str | os.PathLike, dtype: str = "float32", *, with_tok
         return load_gguf(path, dtype, with_tokenizer)
     raise ModelLoadError(f"{path}: not a GGUF file (magic {magic!r}); expected a Hugging Face model folder "
                          "or a .gguf file")
+
+
+def pretrained_config(spec: str | os.PathLike, dtype: str = "float32"):
+    """The ModelConfig of `spec` from its metadata alone (config.json or the GGUF header): no weights are read."""
+    path = resolve(spec)
+    if path.is_dir():
+        return hf.folder_config(path, dtype)
+    return gguf_io.gguf_config(gguf_io.open_gguf(path), str(path), dtype)

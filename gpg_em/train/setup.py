@@ -8,6 +8,7 @@ import jax
 
 from gpg_em.models import Model, ModelConfig, init_params, load_pretrained
 from gpg_em.models.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
+from gpg_em.models.loading import pretrained_config
 from gpg_em.parallel import make_mesh
 from gpg_em.train.objective import Objective, make_objective
 from gpg_em.train.optim import OptimConfig, make_optimizer
@@ -17,13 +18,20 @@ from gpg_em.train.step import StepConfig, jit_logprobs, jit_update_step
 BATCH_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "rewards")
 
 
+def model_config(c) -> ModelConfig:
+    """The policy's architecture without its weights: `model.tiny` dimensions (vocabulary: the byte
+    tokenizer's unless `model.tiny.vocab_size` is set) or the metadata of a pretrained spec."""
+    if c.model.name == "tiny":
+        dims = {"vocab_size": VOCAB_SIZE, **c.model.tiny.to_dict()}
+        return ModelConfig(eos_token_ids=(byte_tokenizer().eos_token_id,), dtype=c.model.dtype, **dims)
+    return pretrained_config(c.model.name, c.model.dtype)
+
+
 def build_model(c) -> Model:
     """The policy at initialisation: a pretrained spec, or a random "tiny" model with a byte tokenizer."""
     if c.model.name == "tiny":
-        tok = byte_tokenizer()
-        cfg = ModelConfig(vocab_size=VOCAB_SIZE, eos_token_ids=(tok.eos_token_id,), dtype=c.model.dtype,
-                          **c.model.tiny.to_dict())
-        return Model(init_params(cfg, jax.random.PRNGKey(c.seed)), cfg, tok)
+        cfg = model_config(c)
+        return Model(init_params(cfg, jax.random.PRNGKey(c.seed)), cfg, byte_tokenizer())
     return load_pretrained(c.model.name, dtype=c.model.dtype)
 
 

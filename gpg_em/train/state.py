@@ -25,6 +25,19 @@ def param_shardings(cfg: ModelConfig, params, mesh: Mesh):
     return fit_shardings(params, logical_to_sharding(logical_axes(cfg), mesh), mesh)
 
 
+def opt_shardings(tx: optax.GradientTransformation, abstract_params, p_shard, mesh: Mesh):
+    """Optimizer-state shardings: Adam moments follow their parameter's sharding; counters are replicated."""
+    abstract = jax.eval_shape(tx.init, abstract_params)
+    return optax.tree_map_params(tx, lambda _, s: s, abstract, p_shard,
+                                 transform_non_params=lambda _: replicated(mesh))
+
+
+def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, params, mesh: Mesh) -> TrainState:
+    """The train state's NamedShardings for `params` (arrays or ShapeDtypeStructs)."""
+    p_shard = param_shardings(cfg, params, mesh)
+    return TrainState(step=replicated(mesh), params=p_shard, opt_state=opt_shardings(tx, params, p_shard, mesh))
+
+
 def create_state(params, cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh):
     """(state, state_shardings): params placed per the table, optimizer state built on device.
 
@@ -32,13 +45,9 @@ def create_state(params, cfg: ModelConfig, tx: optax.GradientTransformation, mes
     is initialised inside `jax.jit(..., out_shardings=...)` (Adam moments
     follow their parameter's sharding; counters are replicated).
     """
-    p_shard = param_shardings(cfg, params, mesh)
-    params = jax.device_put(params, p_shard)
-    abstract = jax.eval_shape(tx.init, params)
-    opt_shard = optax.tree_map_params(tx, lambda _, s: s, abstract, p_shard,
-                                      transform_non_params=lambda _: replicated(mesh))
-    opt_state = jax.jit(tx.init, out_shardings=opt_shard)(params)
-    shardings = TrainState(step=replicated(mesh), params=p_shard, opt_state=opt_shard)
+    shardings = state_shardings(cfg, tx, params, mesh)
+    params = jax.device_put(params, shardings.params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated(mesh)), params=params,
                        opt_state=opt_state)
     return state, shardings
