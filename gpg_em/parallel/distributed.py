@@ -83,21 +83,23 @@ def _row_sharding(mesh: Mesh, ndim: int, rows: int) -> NamedSharding:
         NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
-def local_rows(x: jax.Array, mesh: Mesh) -> np.ndarray:
-    """This process's rows of a global batch array (the whole array on one process)."""
+def all_rows(x: jax.Array) -> np.ndarray:
+    """Every row of a global array on the host of every process (a small gather for sampled tokens)."""
     if x.is_fully_addressable:
         return np.asarray(jax.device_get(x))
-    rows = process_slice(mesh, x.shape[0])
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].indices(x.shape[0])[0])
-    seen, parts = set(), []
-    for s in shards:
-        start = s.index[0].indices(x.shape[0])[0]
-        if start not in seen:
-            seen.add(start)
-            parts.append(np.asarray(s.data))
-    out = np.concatenate(parts, axis=0)
-    assert out.shape[0] == rows.stop - rows.start, (out.shape, rows)
-    return out
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def left_pad_to(x: np.ndarray, width: int) -> np.ndarray:
+    """[rows, P] -> [rows, width], zeros on the left (left-padded prompts stay right-aligned)."""
+    return np.pad(x, ((0, 0), (width - x.shape[1], 0))) if x.shape[1] < width else x
+
+
+def agree_max(value: int) -> int:
+    """The largest `value` over all processes (e.g. a padded prompt width every process must share)."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(np.max(multihost_utils.process_allgather(np.asarray([value], np.int64))))
 
 
 def agree_any(flag: bool) -> bool:

@@ -73,12 +73,13 @@ def generate(model: Model, prompts: Sequence, *, max_new_tokens: int, num_sample
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False, seed: int = 0,
              chat_template: bool = True, em_inf: EMInfConfig | None = None,
              adaptive_temperature: AdaptiveTemperatureConfig | None = None,
-             stop_token_ids: Sequence[int] | None = None) -> GenerationResult:
+             stop_token_ids: Sequence[int] | None = None, sampler=None) -> GenerationResult:
     """Samples `num_samples` completions of up to `max_new_tokens` tokens for each prompt.
 
     `prompts`: strings (chat template applied when `chat_template`) or
     token-id lists. `stop_token_ids`: None = the model's EOS ids, [] = never
     stop early. Log-prob/entropy definitions: `gpg_em.rollout.sampling`.
+    `sampler`: a function like `sample` (default), e.g. `sharded.process_sampler` on a mesh.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -88,7 +89,7 @@ def generate(model: Model, prompts: Sequence, *, max_new_tokens: int, num_sample
                               stop_token_ids=stop, pad_token_id=_pad_id(model, stop), em_inf=em_inf,
                               adaptive_temperature=adaptive_temperature)
     prompt_ids, prompt_mask = left_pad(ids, sampling.pad_token_id)
-    out = sample(model.params, prompt_ids, prompt_mask, jax.random.PRNGKey(seed), cfg=model.config,
+    out = (sampler or sample)(model.params, prompt_ids, prompt_mask, jax.random.PRNGKey(seed), cfg=model.config,
                  sampling=sampling, max_new_tokens=max_new_tokens, num_samples=num_samples)
     tokens, mask, logprobs, entropies = (np.asarray(a) for a in jax.device_get(out))
     texts = [model.tokenizer.decode(t[m.astype(bool)].tolist(), skip_special_tokens=True)

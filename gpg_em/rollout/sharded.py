@@ -18,12 +18,14 @@ from __future__ import annotations
 import functools
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.model import init_params
-from gpg_em.parallel import batch_sharding, fit_shardings, logical_sharding, on_mesh, replicated
+from gpg_em.parallel import (agree_max, all_rows, batch_sharding, fit_shardings, global_batch, left_pad_to,
+                             logical_sharding, on_mesh, process_slice, replicated)
 from gpg_em.rollout import sampler
 from gpg_em.rollout.decode_step import KVCache
 from gpg_em.rollout.sampling import SamplingConfig
@@ -84,3 +86,28 @@ class ShardedSampler:
         if max_new_tokens > 1:
             state = dec(params, state)
         return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
+
+
+def process_sampler(sharded: ShardedSampler, global_n: int | None = None):
+    """A function with `sampler.sample`'s signature for this process's prompts on the mesh.
+
+    Each process passes its own `process_slice` of `global_n` prompts (all of them when `global_n` is
+    None, e.g. evaluation prompts every process holds) and gets its own rows back as host arrays. Prompt
+    widths are padded to the widest over processes. On a 1-device mesh it is plain `sampler.sample`
+    (which keeps the single-CPU decode layout)."""
+    if sharded.mesh.size == 1:
+        return sampler.sample
+
+    def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg, sampling, max_new_tokens, num_samples=1):
+        del cfg  # the sharded sampler's
+        n = global_n or prompt_ids_NxP.shape[0]
+        width = agree_max(prompt_ids_NxP.shape[1])
+        local = {"ids": left_pad_to(np.asarray(prompt_ids_NxP), width),
+                 "mask": left_pad_to(np.asarray(prompt_mask_NxP), width)}
+        arrays = global_batch(local, sharded.mesh, n)
+        out = sharded(params, arrays["ids"], arrays["mask"], rng, sampling=sampling, max_new_tokens=max_new_tokens,
+                      num_samples=num_samples)
+        mine = process_slice(sharded.mesh, n) if global_n else slice(0, n)
+        rows = slice(mine.start * num_samples, mine.stop * num_samples)
+        return SampleOutput(*(all_rows(x)[rows] for x in out))
+    return sample

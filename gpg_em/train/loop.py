@@ -16,10 +16,12 @@ from tqdm import tqdm
 
 from gpg_em.data import PromptFormatter, PromptIterator, make_length_fn, make_source
 from gpg_em.models import Model
+from gpg_em.parallel import agree_any, agree_max, global_batch, is_primary, left_pad_to, process_slice
 from gpg_em.rewards import build_rewards
+from gpg_em.rollout.sharded import process_sampler
 from gpg_em.train import checkpoint as ckpt
 from gpg_em.train.evaluate import evaluate
-from gpg_em.train.metrics import MetricsWriter
+from gpg_em.train.metrics import MetricsWriter, NullWriter
 from gpg_em.train.resampling import assemble_batch, needs_more
 from gpg_em.train.rollouts import RolloutSpec, merge_prompt_width, sample_round, score_round
 from gpg_em.train.setup import BATCH_KEYS, Run, build_run, needs_old_logprobs
@@ -38,6 +40,10 @@ class Trainer:
         self.rewards = build_rewards(c.reward.fn, c.reward.weights, c.reward.options.to_dict())
         train_source, eval_source = make_source(c.data.source), make_source(c.data.eval_source)
         self.run: Run = build_run(c)
+        # Multi-host: every process walks the same prompt order and keeps its own rows of each batch.
+        self.rows = process_slice(self.run.mesh, c.rollout.prompts_per_step)
+        self.sampler = process_sampler(self.run.sampler, c.rollout.prompts_per_step)
+        self.eval_sampler = process_sampler(self.run.sampler)  # every process holds all eval prompts
         self.tokenizer = self.run.model.tokenizer
         self.formatter = PromptFormatter(system_prompt=c.data.system_prompt or None,
                                          instruction=c.data.instruction or None)
@@ -56,27 +62,33 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------
     def rollout(self, step: int, round_index: int) -> dict[str, Any]:
-        entries = next(self.prompts)
+        entries = next(self.prompts)[self.rows]
         texts = [self.formatter.text(e, self.tokenizer) for e in entries]
-        r = sample_round(self.policy(), texts, self.spec, round_seed(self.c.seed, step, round_index))
+        r = sample_round(self.policy(), texts, self.spec, round_seed(self.c.seed, step, round_index), self.sampler)
         self._reward_metrics = score_round(r, entries, texts, self.spec.group_size, self.rewards,
                                            self.c.reward.timeout_s, self.em_rl)
         return r
 
     def collect(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The training batch: one round, or GPG's beta_th resampling rounds (DESIGN.md)."""
-        G, groups = self.spec.group_size, self.c.rollout.prompts_per_step
+        G, groups = self.spec.group_size, self.rows.stop - self.rows.start
         beta = self.c.gpg.beta_th if self.c.algorithm == "gpg" else 0.0
         max_rounds = self.c.gpg.max_rounds if beta > 0 else 1
         rounds: list[dict[str, Any]] = []
-        while len(rounds) < max_rounds and needs_more(rounds, G, groups, beta):
+        while len(rounds) < max_rounds and agree_any(needs_more(rounds, G, groups, beta)):
             rounds.append(self.rollout(step, len(rounds)))
         batch, info = assemble_batch(merge_prompt_width(rounds), G, groups)
         info["hit_round_limit"] = needs_more(rounds, G, groups, beta)
         return batch, info
 
+    def global_arrays(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """The update's batch as global arrays from this process's rows, prompts padded to the widest."""
+        width = agree_max(batch["prompt_ids"].shape[1])
+        local = {k: left_pad_to(batch[k], width) if k.startswith("prompt") else batch[k] for k in BATCH_KEYS}
+        return global_batch(local, self.run.mesh, self.c.rollout.prompts_per_step * self.spec.group_size)
+
     def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        arrays = {k: batch[k] for k in BATCH_KEYS}
+        arrays = self.global_arrays(batch)
         obj = self.run.objective
         if needs_old_logprobs(self.c, obj):
             arrays["old_logprobs"] = self.run.logprobs(self.run.state.params, arrays)
@@ -118,20 +130,22 @@ class Trainer:
 
     def eval(self, step: int, writer: MetricsWriter) -> dict[str, Any]:
         result = evaluate(self.policy(), self.eval_entries, self.formatter, self.rewards,
-                          max_new_tokens=self.c.eval.max_new_tokens, timeout_s=self.c.reward.timeout_s)
+                          max_new_tokens=self.c.eval.max_new_tokens, timeout_s=self.c.reward.timeout_s,
+                          sampler=self.eval_sampler)
         writer.write({"kind": "eval", "step": step, **result})
         return result
 
     def train(self) -> dict[str, Any]:
         start = self.restore()
-        with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(self.c.to_json(indent=2))
-        writer = MetricsWriter(self.workdir, resume_step=start)
+        if is_primary():  # metrics and the config are written once, by process 0
+            with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+                f.write(self.c.to_json(indent=2))
+        writer = MetricsWriter(self.workdir, resume_step=start) if is_primary() else NullWriter()
         if start == 0:
             self.eval(0, writer)
         record: dict[str, Any] = {}
         bar = tqdm(range(start, self.c.total_steps), initial=start, total=self.c.total_steps, desc="train",
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, disable=not is_primary())
         for step in bar:
             record = self.step(step)
             writer.write(record)

@@ -61,3 +61,13 @@ class MetricsWriter:
 def read_metrics(path: str) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+class NullWriter:
+    """Stands in for MetricsWriter on processes other than 0 of a multi-host run."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        del record
+
+    def close(self) -> None:
+        pass

@@ -41,11 +41,12 @@ def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
 
-def sample_round(model: Model, prompt_texts: Sequence[str], spec: RolloutSpec, seed: int) -> dict[str, Any]:
-    """Samples G completions per prompt; arrays padded to max_new_tokens."""
+def sample_round(model: Model, prompt_texts: Sequence[str], spec: RolloutSpec, seed: int,
+                 sampler=None) -> dict[str, Any]:
+    """Samples G completions per prompt; arrays padded to max_new_tokens. `sampler`: see `generate`."""
     out = generate(model, encode_texts(model.tokenizer, prompt_texts), max_new_tokens=spec.max_new_tokens, num_samples=spec.group_size,
                    temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k, greedy=spec.greedy,
-                   seed=seed, chat_template=False)
+                   seed=seed, chat_template=False, sampler=sampler)
     N = spec.max_new_tokens
     return {
         "prompt_ids": np.asarray(out.prompt_ids, np.int32),

@@ -9,7 +9,9 @@ import jax
 from gpg_em.models import Model, ModelConfig, init_params, load_pretrained
 from gpg_em.models.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
 from gpg_em.models.loading import pretrained_config
+from gpg_em.configuration import ConfigError
 from gpg_em.parallel import make_mesh
+from gpg_em.rollout.sharded import ShardedSampler
 from gpg_em.train.objective import Objective, make_objective
 from gpg_em.train.optim import OptimConfig, make_optimizer
 from gpg_em.train.state import create_state
@@ -74,6 +76,16 @@ class Run:
     update: Any  # jitted (state, batch, rng) -> (state, metrics)
     logprobs: Any  # jitted (params, batch) -> logp [B, N]
     schedule: Any
+    sampler: Any  # rollout.sharded.ShardedSampler on the mesh
+
+
+def check_process_batch(c, mesh) -> None:
+    """Several processes each sample their own prompts: the prompts must split evenly over the batch axes."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if jax.process_count() > 1 and c.rollout.prompts_per_step % shards:
+        raise ConfigError(f"config key rollout.prompts_per_step: {c.rollout.prompts_per_step} prompts do not split "
+                          f"over data*fsdp = {shards} batch shards of mesh.shape {tuple(c.mesh.shape)} across "
+                          f"{jax.process_count()} processes")
 
 
 def build_run(c) -> Run:
@@ -82,6 +94,7 @@ def build_run(c) -> Run:
     oc = OptimConfig(total_steps=c.total_steps, **c.optim.to_dict())
     tx, schedule = make_optimizer(oc)
     mesh = make_mesh(c.mesh.shape)
+    check_process_batch(c, mesh)
     if objective.kl_coef > 0:  # the state is donated each step: keep a separate copy as the reference
         model = dataclasses.replace(model, params=jax.tree.map(lambda x: x.copy(), model.params))
     state, shardings = create_state(model.params, model.config, tx, mesh)
@@ -93,4 +106,5 @@ def build_run(c) -> Run:
     logprobs = jit_logprobs(model.config, sc, mesh, shardings.params)
     if objective.kl_coef <= 0:
         model = dataclasses.replace(model, params=None)  # no reference model is kept
-    return Run(model, objective, mesh, state, shardings, update, logprobs, schedule)
+    return Run(model, objective, mesh, state, shardings, update, logprobs, schedule,
+               ShardedSampler(model.config, mesh, shardings.params))
