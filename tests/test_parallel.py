@@ -9,11 +9,14 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from gpg_em.configuration import ConfigError, get
+from gpg_em.models import init_params
 from gpg_em.parallel import mesh_shape
+from parallel_checks import CFG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -105,6 +108,60 @@ def test_two_processes_train_like_one(tmp_path):
     assert sorted(a.files) == sorted(b.files) and len(a.files) > 10
     for k in a.files:
         np.testing.assert_allclose(b[k], a[k], atol=TOL, rtol=0, err_msg=k)
-    init = np.asarray(__import__("gpg_em.models", fromlist=["init_params"]).init_params(
-        __import__("parallel_checks").CFG, __import__("jax").random.PRNGKey(0))["embed"])
+    init = np.asarray(init_params(CFG, jax.random.PRNGKey(0))["embed"])
     assert np.abs(a["['embed']"] - init).max() > 100 * TOL  # the steps moved the weights
+
+
+def _train_cmd(workdir, *extra):
+    return ["-m", "gpg_em.cli", "train", "--config", os.path.join(ROOT, "configs", "tiny.py"), "--workdir",
+            str(workdir), "--config.total_steps=3", "--config.eval_every=3", "--config.checkpoint_every=3",
+            "--config.reward.fn=stub_rewards:count_sevens", "--config.optim.learning_rate=3e-3", *extra]
+
+
+def _final_params(workdir):
+    import orbax.checkpoint as ocp
+    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "loop"))
+    state = mngr.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    return jax.tree.leaves(state["params"])
+
+
+def test_two_process_training_loop_equals_one_process(tmp_path):
+    """The whole loop on 2 processes x 2 devices: each samples, scores and feeds its own prompt; the
+    final checkpoint equals a one-process run; only process 0 writes metrics."""
+    ref = _run(_train_cmd(tmp_path / "ref"), devices=1)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, *_train_cmd(tmp_path / "mp", "--config.mesh.shape=1,2,2")],
+                              env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                                       JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+                                       PYTHONPATH=os.pathsep.join([TESTS, ROOT]),
+                                       GPG_EM_COORDINATOR=f"127.0.0.1:{port}", GPG_EM_NUM_PROCESSES="2",
+                                       GPG_EM_PROCESS_ID=str(i)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, stderr) in zip(procs, outs):
+        assert p.returncode == 0, stderr[-3000:]
+    for a, b in zip(_final_params(tmp_path / "ref"), _final_params(tmp_path / "mp")):
+        np.testing.assert_allclose(b, a, atol=TOL, rtol=0)
+    ref_loss = [r["loss"] for r in map(json.loads, open(tmp_path / "ref" / "metrics.jsonl")) if r["kind"] == "train"]
+    mp_loss = [r["loss"] for r in map(json.loads, open(tmp_path / "mp" / "metrics.jsonl")) if r["kind"] == "train"]
+    assert len(mp_loss) == 3 and max(ref_loss) > 0 and np.allclose(mp_loss, ref_loss, atol=TOL)
+
+
+def _plan(mesh):
+    proc = _run(["-m", "gpg_em.cli", "plan", "--config", os.path.join(ROOT, "configs", "tiny.py"), "--mesh", mesh,
+                 "--devices", "8", "--json"], devices=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_plan_reports_per_device_memory_that_shrinks_with_fsdp():
+    dp, sharded = _plan("8,1,1"), _plan("1,2,4")
+    assert dp["devices"] == sharded["devices"] == 8 and sharded["mesh"] == {"data": 1, "fsdp": 2, "tensor": 4}
+    for part in ("update", "sampler"):
+        assert all(v >= 0 for v in sharded[part].values()) and sharded[part]["total"] > 0
+    assert dp["update"]["activations"] > 0 and dp["sampler"]["kv_cache"] > 0
+    # (8,1,1) replicates every weight; (1,2,4) splits most of them 8 ways
+    assert sharded["update"]["params"] < 0.5 * dp["update"]["params"]
+    assert sharded["update"]["optimizer"] < 0.5 * dp["update"]["optimizer"]
+    assert sharded["sampler"]["kv_cache"] < dp["sampler"]["kv_cache"]  # KV heads split over tensor

@@ -3,7 +3,8 @@
 Every process runs the same program on its own devices. Batches are global
 arrays whose leading (row) dimension is split over the mesh's batch axes; each
 process holds, reads and scores only the rows its devices own
-(`process_slice`), and `global_batch` / `local_rows` convert between the two.
+(`process_slice`); `global_batch` assembles global arrays from those rows and `all_rows` brings
+sampled rows back to the host.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import os
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
-from gpg_em.parallel.mesh import batch_sharding
+from gpg_em.parallel.mesh import batch_sharding, fit_sharding
 
 
 def _setting(dc, key: str, env: str, cast):
@@ -70,17 +71,11 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh, global_rows: int) -> 
     placed directly."""
     def one(x):
         x = np.asarray(x)
-        sharding = _row_sharding(mesh, x.ndim, global_rows)
+        sharding = fit_sharding((global_rows,) + x.shape[1:], batch_sharding(mesh, x.ndim))
         if x.shape[0] == global_rows:
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
         return jax.make_array_from_process_local_data(sharding, x, (global_rows,) + x.shape[1:])
     return {k: one(v) for k, v in local.items()}
-
-
-def _row_sharding(mesh: Mesh, ndim: int, rows: int) -> NamedSharding:
-    sharding = batch_sharding(mesh, ndim)
-    return sharding if rows % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else \
-        NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
 def all_rows(x: jax.Array) -> np.ndarray:

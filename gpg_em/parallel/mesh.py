@@ -84,20 +84,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def _axes_size(mesh: Mesh, axes) -> int:
+    return 1 if axes is None else int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+
+
 def shardable(shape, sharding: NamedSharding) -> bool:
     """Whether every sharded dimension of `shape` divides by its mesh size."""
-    for dim, axes in zip(shape, sharding.spec):
-        if axes is None:
-            continue
-        size = int(np.prod([sharding.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
-        if dim % size:
-            return False
-    return True
+    return all(dim % _axes_size(sharding.mesh, axes) == 0 for dim, axes in zip(shape, sharding.spec))
+
+
+def fit_sharding(shape, sharding: NamedSharding) -> NamedSharding:
+    """`sharding` with the dimensions of `shape` that do not divide their mesh axes replicated instead."""
+    if shardable(shape, sharding):
+        return sharding
+    spec = [axes if dim % _axes_size(sharding.mesh, axes) == 0 else None for dim, axes in zip(shape, sharding.spec)]
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
 
 def fit_shardings(shapes, shardings, mesh: Mesh):
-    """Replaces shardings that do not divide their array (tiny models) by replication."""
-    return jax.tree.map(lambda s, sh: sh if shardable(s.shape, sh) else replicated(mesh), shapes, shardings)
+    """Per array, replicates the dimensions that do not divide their mesh axes (small models, odd head counts)."""
+    del mesh  # (each sharding carries it)
+    return jax.tree.map(lambda s, sh: fit_sharding(s.shape, sh), shapes, shardings)
 
 
 # The mesh whose rules constrain activations while a step is being traced (see `constrain`).
@@ -115,12 +122,11 @@ def activation_mesh(mesh: Mesh):
 
 
 def constrain(x: jax.Array, names: tuple) -> jax.Array:
-    """`x` constrained to the sharding its logical dimension `names` map to; identity outside
-    `activation_mesh`, on one device, or where a dimension does not divide its mesh axes."""
+    """`x` constrained to the sharding its logical dimension `names` map to (dimensions that do not divide
+    their mesh axes replicated); identity outside `activation_mesh` and on one device."""
     if not _ACTIVATION_MESH or _ACTIVATION_MESH[-1].size == 1:
         return x
-    sharding = logical_sharding(names, _ACTIVATION_MESH[-1])
-    return jax.lax.with_sharding_constraint(x, sharding) if shardable(x.shape, sharding) else x
+    return jax.lax.with_sharding_constraint(x, fit_sharding(x.shape, logical_sharding(names, _ACTIVATION_MESH[-1])))
 
 
 def on_mesh(fn, mesh: Mesh):

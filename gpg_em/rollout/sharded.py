@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.model import init_params
-from gpg_em.parallel import (agree_max, all_rows, batch_sharding, fit_shardings, global_batch, left_pad_to,
+from gpg_em.parallel import (agree_max, all_rows, batch_sharding, fit_sharding, fit_shardings, global_batch, left_pad_to,
                              logical_sharding, on_mesh, process_slice, replicated)
 from gpg_em.rollout import sampler
 from gpg_em.rollout.decode_step import KVCache
@@ -49,10 +49,6 @@ def state_shardings(abstract: DecodeState, mesh: Mesh) -> DecodeState:
     return fit_shardings(abstract, wanted, mesh)
 
 
-def _batch_size(mesh: Mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
 class ShardedSampler:
     """`sample` on `mesh` for params placed by `param_shardings`; one (prefill, decode) pair per shape."""
 
@@ -68,7 +64,7 @@ class ShardedSampler:
         ids = jax.ShapeDtypeStruct((n, P), jnp.int32)
         s_shard = state_shardings(jax.eval_shape(prefill, self.abstract_params, ids, ids, jax.random.PRNGKey(0)),
                                   self.mesh)
-        prompts = batch_sharding(self.mesh, 2) if n % _batch_size(self.mesh) == 0 else replicated(self.mesh)
+        prompts = fit_sharding((n, P), batch_sharding(self.mesh, 2))
         pre = jax.jit(on_mesh(prefill, self.mesh), out_shardings=s_shard,
                       in_shardings=(self.param_shardings, prompts, prompts, replicated(self.mesh)))
         decode = functools.partial(sampler.decode, cfg=self.cfg, sampling=sampling)
