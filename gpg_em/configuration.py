@@ -108,6 +108,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     mb = c.train.micro_batch_size
     _require(mb >= 0 and (mb == 0 or batch % mb == 0), "train.micro_batch_size",
              f"{mb} does not divide the batch of prompts_per_step*group_size = {batch} rows")
+    _require(not c.train.share_prompts or mb % c.rollout.group_size == 0, "train.micro_batch_size",
+             f"{mb} must be a multiple of rollout.group_size = {c.rollout.group_size} with train.share_prompts "
+             "(each group's prompt is computed once)")
     _require(0.0 <= c.gpg.beta_th <= 1.0, "gpg.beta_th", f"must be in [0, 1], got {c.gpg.beta_th}")
     _require(c.gpg.max_rounds >= 1, "gpg.max_rounds", f"must be >= 1, got {c.gpg.max_rounds}")
     _require(c.gpg.aggregation in ("token_mean", "valid_token_mean"), "gpg.aggregation",

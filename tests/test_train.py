@@ -85,8 +85,7 @@ def _final_params(workdir):
 
 
 def _comparable(records):
-    drop = ("rollout_seconds", "update_seconds", "eval_seconds")
-    return [{k: v for k, v in r.items() if k not in drop} for r in records]
+    return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]  # wall times differ
 
 
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path):

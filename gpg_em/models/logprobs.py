@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.model import head_weight, hidden_states
+from gpg_em.models.shared_prefix import shared_prefix_hidden
 
 
 def logprob_entropy_from_logits(logits_NxV: jnp.ndarray, targets_N: jnp.ndarray):
@@ -71,5 +72,27 @@ def completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt_mask_Bx
     hidden = hidden_states(params, cfg, ids, mask)
     P, N = prompt_ids_BxP.shape[1], completion_ids_BxN.shape[1]
     h = jax.lax.dynamic_slice_in_dim(hidden, P - 1, N, axis=1)
+    return chunked_logprobs(h, head_weight(params, cfg), completion_ids_BxN,
+                            temperature=temperature, chunk_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "group_size", "temperature", "chunk_size", "remat"))
+def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt_mask_BxP, completion_ids_BxN,
+                                *, group_size: int, temperature: float = 1.0, chunk_size: int = 128,
+                                remat: bool = False):
+    """`completion_logprobs` for rows in groups of `group_size` sharing a prompt, each prompt computed once.
+
+    Rows b = i * G + g (prompt-major, as the sampler orders them); only row
+    i * G of each group's prompt is read. Same (logp, entropy) [B, N] as the
+    per-row function up to float rounding (gpg_em.models.shared_prefix).
+    """
+    B, N = completion_ids_BxN.shape
+    G = group_size
+    h_last, h_c = shared_prefix_hidden(params, cfg, prompt_ids_BxP[::G], prompt_mask_BxP[::G],
+                                       completion_ids_BxN.reshape(B // G, G, N), remat=remat)
+    n, D = h_last.shape
+    # hidden state of token j-1 predicts token j; the last prompt slot predicts token 0
+    first = jnp.broadcast_to(h_last[:, None, None], (n, G, 1, D))
+    h = jnp.concatenate([first, h_c[:, :, :-1]], axis=2).reshape(B, N, D)
     return chunked_logprobs(h, head_weight(params, cfg), completion_ids_BxN,
                             temperature=temperature, chunk_size=chunk_size)

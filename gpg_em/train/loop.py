@@ -23,7 +23,7 @@ from gpg_em.train import checkpoint as ckpt
 from gpg_em.train.evaluate import evaluate
 from gpg_em.train.metrics import MetricsWriter, NullWriter
 from gpg_em.train.resampling import assemble_batch, needs_more
-from gpg_em.train.rollouts import RolloutSpec, merge_prompt_width, sample_round, score_round
+from gpg_em.train.rollouts import RolloutSpec, check_groups_share_prompts, merge_prompt_width, sample_round, score_round
 from gpg_em.train.setup import BATCH_KEYS, Run, build_run, needs_old_logprobs
 
 
@@ -64,9 +64,13 @@ class Trainer:
     def rollout(self, step: int, round_index: int) -> dict[str, Any]:
         entries = next(self.prompts)[self.rows]
         texts = [self.formatter.text(e, self.tokenizer) for e in entries]
+        t0 = time.perf_counter()
         r = sample_round(self.policy(), texts, self.spec, round_seed(self.c.seed, step, round_index), self.sampler)
+        t1 = time.perf_counter()
         self._reward_metrics = score_round(r, entries, texts, self.spec.group_size, self.rewards,
                                            self.c.reward.timeout_s, self.em_rl)
+        self._timing["sample_seconds"] += t1 - t0
+        self._timing["reward_seconds"] += time.perf_counter() - t1
         return r
 
     def collect(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -88,15 +92,21 @@ class Trainer:
         return global_batch(local, self.run.mesh, self.c.rollout.prompts_per_step * self.spec.group_size)
 
     def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        if self.c.train.share_prompts and self.spec.group_size > 1:
+            check_groups_share_prompts(batch["prompt_ids"], self.spec.group_size)
         arrays = self.global_arrays(batch)
         obj = self.run.objective
+        t = time.perf_counter()
         if needs_old_logprobs(self.c, obj):
             arrays["old_logprobs"] = self.run.logprobs(self.run.state.params, arrays)
         if obj.kl_coef > 0:
             arrays["ref_logprobs"] = self.run.logprobs(self.run.model.params, arrays)
+        jax.block_until_ready(arrays)
+        self._timing["logprob_seconds"] = time.perf_counter() - t
         return arrays
 
     def step(self, step: int) -> dict[str, Any]:
+        self._timing = dict(sample_seconds=0.0, reward_seconds=0.0, logprob_seconds=0.0)
         t0 = time.perf_counter()
         batch, info = self.collect(step)
         t1 = time.perf_counter()
@@ -112,7 +122,10 @@ class Trainer:
                                                / max(batch["completion_mask"].sum(), 1)),
                   "rounds": info["n_rounds"], "hit_round_limit": bool(info["hit_round_limit"]),
                   "batch_valid_groups": info["n_valid_groups"],
-                  "rollout_seconds": t1 - t0, "update_seconds": t2 - t1, **self._reward_metrics,
+                  "completion_tokens": int(batch["completion_mask"].sum()),
+                  "trained_tokens": int(batch["completion_mask"].sum() + batch["prompt_mask"].sum()),
+                  "rollout_seconds": t1 - t0, "update_seconds": t2 - t1 - self._timing["logprob_seconds"],
+                  **self._timing, **self._reward_metrics,
                   **self.prompts.metrics()}
         return record
 

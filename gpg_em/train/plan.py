@@ -59,8 +59,7 @@ def plan_update(c, cfg, params, mesh) -> dict[str, int]:
                        opt_state=jax.eval_shape(tx.init, params))
     keys = BATCH_KEYS + (("old_logprobs",) if needs_old_logprobs(c, objective) else ()) + (
         ("ref_logprobs",) if objective.kl_coef > 0 else ())
-    sc = StepConfig(objective, micro_batch_size=c.train.micro_batch_size, temperature=c.rollout.temperature,
-                    chunk_size=c.train.chunk_size)
+    sc = StepConfig.from_config(c, objective)
     step = jit_update_step(cfg, sc, tx, schedule, mesh, shardings, keys)
     m = step.lower(state, _batch(c, keys), jax.random.PRNGKey(0)).compile().memory_analysis()
     p, o = device_bytes(params, shardings.params), device_bytes(state.opt_state, shardings.opt_state)

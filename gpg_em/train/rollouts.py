@@ -88,3 +88,13 @@ def merge_prompt_width(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         r["prompt_mask"] = _pad_to(r["prompt_mask"], width, True)
     return rounds
 
+
+
+def check_groups_share_prompts(prompt_ids_BxP: np.ndarray, G: int) -> None:
+    """Rows i*G .. i*G+G-1 must hold one prompt (what `train.share_prompts` relies on)."""
+    B, P = prompt_ids_BxP.shape
+    grouped = prompt_ids_BxP.reshape(B // G, G, P)
+    bad = np.flatnonzero((grouped != grouped[:, :1]).any(axis=(1, 2)))
+    if bad.size:
+        raise ValueError(f"train.share_prompts: batch groups {bad.tolist()} hold different prompts in their "
+                         f"{G} rows; expected each group of rollout.group_size rows to share one prompt")

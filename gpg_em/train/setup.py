@@ -98,8 +98,7 @@ def build_run(c) -> Run:
     if objective.kl_coef > 0:  # the state is donated each step: keep a separate copy as the reference
         model = dataclasses.replace(model, params=jax.tree.map(lambda x: x.copy(), model.params))
     state, shardings = create_state(model.params, model.config, tx, mesh)
-    sc = StepConfig(objective, micro_batch_size=c.train.micro_batch_size, temperature=c.rollout.temperature,
-                    chunk_size=c.train.chunk_size)
+    sc = StepConfig.from_config(c, objective)
     keys = BATCH_KEYS + (("old_logprobs",) if needs_old_logprobs(c, objective) else ()) + (
         ("ref_logprobs",) if objective.kl_coef > 0 else ())
     update = jit_update_step(model.config, sc, tx, schedule, mesh, shardings, keys)

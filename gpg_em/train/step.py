@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from gpg_em.models import ModelConfig, completion_logprobs
+from gpg_em.models import ModelConfig, completion_logprobs, grouped_completion_logprobs
 from gpg_em.parallel import batch_sharding, on_mesh, replicated
 from gpg_em.train.objective import Objective, objective_loss
 
@@ -35,19 +35,43 @@ class StepConfig:
     micro_batch_size: int = 0  # 0: the whole batch at once
     temperature: float = 1.0  # the sampler's temperature: log-probs are of the tempered policy
     chunk_size: int = 128  # sequence chunk of the log-prob head
+    # >1: rows come in groups of this many sharing one prompt, computed once per group
+    # (gpg_em.models.shared_prefix); 0 or 1: every row's prompt is computed.
+    prompt_group_size: int = 0
+    remat: bool = False  # recompute each layer in the backward pass (grouped forward only)
+
+    @classmethod
+    def from_config(cls, c, objective: Objective) -> "StepConfig":
+        """The step options of a run config (train.*, rollout.temperature / group_size)."""
+        return cls(objective, micro_batch_size=c.train.micro_batch_size, temperature=c.rollout.temperature,
+                   chunk_size=c.train.chunk_size, remat=c.train.remat,
+                   prompt_group_size=c.rollout.group_size if c.train.share_prompts else 0)
+
+
+def _row_logprobs(params, cfg: ModelConfig, rows, *, temperature: float, chunk_size: int, prompt_group_size: int,
+                  remat: bool):
+    """(logp, entropy) [B, N] of some rows, prompts shared per group when prompt_group_size > 1."""
+    if prompt_group_size > 1:
+        return grouped_completion_logprobs(params, cfg, rows["prompt_ids"], rows["prompt_mask"],
+                                           rows["completion_ids"], group_size=prompt_group_size,
+                                           temperature=temperature, chunk_size=chunk_size, remat=remat)
+    return completion_logprobs(params, cfg, rows["prompt_ids"], rows["prompt_mask"], rows["completion_ids"],
+                               rows["completion_mask"], temperature=temperature, chunk_size=chunk_size)
 
 
 def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, temperature: float,
-                   chunk_size: int):
+                   chunk_size: int, prompt_group_size: int = 0, remat: bool = False):
     """(logp, entropy) [B, N] of the batch's completions, micro-batch by micro-batch."""
-    one = lambda p, rows: completion_logprobs(p, cfg, rows["prompt_ids"], rows["prompt_mask"],
-                                              rows["completion_ids"], rows["completion_mask"],
-                                              temperature=temperature, chunk_size=chunk_size)
+    one = lambda p, rows: _row_logprobs(p, cfg, rows, temperature=temperature, chunk_size=chunk_size,
+                                        prompt_group_size=prompt_group_size, remat=remat)
     rows = {k: batch[k] for k in _ROW_KEYS}
     B = rows["prompt_ids"].shape[0]
     mb = micro_batch_size or B
     if B % mb:
         raise ValueError(f"micro_batch_size={mb} does not divide the batch of {B} rows")
+    if prompt_group_size > 1 and mb % prompt_group_size:
+        raise ValueError(f"micro_batch_size={mb} must hold whole groups of {prompt_group_size} rows "
+                         "when prompts are shared")
     if mb == B:
         return one(params, rows)
     split = jax.tree.map(lambda x: x.reshape(B // mb, mb, *x.shape[1:]), rows)
@@ -55,10 +79,14 @@ def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, te
     return logp.reshape(B, -1), ent.reshape(B, -1)
 
 
+def _sc_options(sc: StepConfig) -> dict:
+    return dict(temperature=sc.temperature, chunk_size=sc.chunk_size, prompt_group_size=sc.prompt_group_size,
+                remat=sc.remat)
+
+
 def loss_fn(params, cfg: ModelConfig, sc: StepConfig, batch):
     """Full-batch loss (one forward over the whole batch); the reference for the micro-batched gradient."""
-    logp, ent = batch_logprobs(params, cfg, batch, micro_batch_size=0, temperature=sc.temperature,
-                               chunk_size=sc.chunk_size)
+    logp, ent = batch_logprobs(params, cfg, batch, micro_batch_size=0, **_sc_options(sc))
     return objective_loss(sc.objective, logp, ent, batch)
 
 
@@ -74,8 +102,7 @@ def loss_and_grad(params, cfg: ModelConfig, sc: StepConfig, batch):
     split = jax.tree.map(lambda x: x.reshape(B // mb, mb, *x.shape[1:]), {k: batch[k] for k in _ROW_KEYS})
 
     def micro_loss(p, start, rows):
-        logp_m, ent_m = batch_logprobs(p, cfg, rows, micro_batch_size=0, temperature=sc.temperature,
-                                       chunk_size=sc.chunk_size)
+        logp_m, ent_m = batch_logprobs(p, cfg, rows, micro_batch_size=0, **_sc_options(sc))
         place = lambda x: jax.lax.dynamic_update_slice_in_dim(jnp.zeros((B, N), jnp.float32), x, start, 0)
         loss, _ = objective_loss(sc.objective, place(logp_m), place(ent_m), batch)
         return loss, (logp_m, ent_m)
@@ -125,8 +152,7 @@ def jit_loss_and_grad(cfg: ModelConfig, sc: StepConfig, mesh: Mesh, param_shardi
 def jit_logprobs(cfg: ModelConfig, sc: StepConfig, mesh: Mesh, param_shardings):
     """Log-probs [B, N] of a batch under given params (old policy or frozen reference): no gradient."""
     def fn(params, rows):
-        return batch_logprobs(params, cfg, rows, micro_batch_size=sc.micro_batch_size,
-                              temperature=sc.temperature, chunk_size=sc.chunk_size)[0]
+        return batch_logprobs(params, cfg, rows, micro_batch_size=sc.micro_batch_size, **_sc_options(sc))[0]
     b_shard = batch_shardings(_ROW_KEYS, mesh)
     jitted = jax.jit(on_mesh(fn, mesh), in_shardings=(param_shardings, b_shard), out_shardings=batch_sharding(mesh, 2))
     def call(params, batch):

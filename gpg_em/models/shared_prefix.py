@@ -1,0 +1,131 @@
+"""Teacher-forced forward of G completions per prompt, the prompt computed once per group.
+
+An RL batch holds n groups of G rows that share one prompt. Computing the
+prompt's hidden states, keys and values once per group instead of once per
+row is exact: every completion token attends to the same prompt keys/values
+it would see in its own row, and the backward pass sums the gradients that
+flow into the shared prompt activations from the G completions, which is what
+the G separate rows would add up to. It removes (G - 1) / G of the prompt
+tokens' forward and backward work (here, with prompts as long as
+completions, ~44% of an update at G = 8).
+
+Layout: prompts [n, P] (left-padded), completions [n, G, N] (right-padded).
+Prompt slot s has position cumsum(prompt_mask)[s] - 1; completion token j
+of a group has position L + j where L is the group's prompt length, as in
+`positions_from_mask` over the concatenated row. Completion queries attend to
+the group's valid prompt slots and causally to their own row's earlier
+completion tokens; padding after a row's stop token comes strictly after its
+valid tokens, so no valid token sees it.
+
+The layer maths is the decoder's (gpg_em.models.decoder), written over the
+params tree: RMSNorm in float32, optional q/k norm, RoPE, grouped-query
+attention with a float32 softmax, SwiGLU MLP.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gpg_em.models.config import ModelConfig
+from gpg_em.models.model import positions_from_mask
+from gpg_em.models.rope import apply_rope, inverse_frequencies
+
+_NEG = -1e30
+
+
+def _dtype(cfg: ModelConfig):
+    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+def _norm(x, scale, eps, dt):
+    """RMSNorm over the last axis in float32: x / sqrt(mean(x^2) + eps) * scale."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return y.astype(dt) * scale.astype(dt)
+
+
+def _linear(p, x, dt):
+    y = jnp.dot(x.astype(dt), p["kernel"].astype(dt))
+    return y + p["bias"].astype(dt) if "bias" in p else y
+
+
+def _qkv(lp, cfg: ModelConfig, x_BxTxD, positions_BxT):
+    """Rotated q [B, T, K, H/K, Dh] and k, v [B, T, K, Dh] of one layer."""
+    dt, (B, T, _) = _dtype(cfg), x_BxTxD.shape
+    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = _linear(lp["q_proj"], x_BxTxD, dt).reshape(B, T, H, Dh)
+    k = _linear(lp["k_proj"], x_BxTxD, dt).reshape(B, T, K, Dh)
+    v = _linear(lp["v_proj"], x_BxTxD, dt).reshape(B, T, K, Dh)
+    if cfg.qk_norm:
+        q = _norm(q, lp["q_norm"]["scale"], cfg.rms_norm_eps, dt)
+        k = _norm(k, lp["k_norm"]["scale"], cfg.rms_norm_eps, dt)
+    inv_freq = inverse_frequencies(cfg)
+    q, k = apply_rope(q, positions_BxT, inv_freq), apply_rope(k, positions_BxT, inv_freq)
+    return q.reshape(B, T, K, H // K, Dh), k, v
+
+
+def _prompt_attention(q, k, v, allowed_nxPxP, dt):
+    """Causal masked attention within the prompts: q [n,P,K,g,Dh], k/v [n,P,K,Dh] -> [n,P,K,g,Dh]."""
+    s = jnp.einsum("ntkgd,nskd->nkgts", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+    p = jax.nn.softmax(jnp.where(allowed_nxPxP[:, None, None], s, _NEG), axis=-1)
+    return jnp.einsum("nkgts,nskd->ntkgd", p.astype(dt), v.astype(dt))
+
+
+def _completion_attention(q, k_p, v_p, k_c, v_c, prompt_mask_nxP, dt):
+    """Completion queries q [n,G,N,K,g,Dh] over the group's prompt (k_p [n,P,K,Dh]) and their own row.
+
+    One softmax over the P prompt slots and the N completion slots (causal).
+    """
+    scale = q.shape[-1] ** -0.5
+    s_p = jnp.einsum("nctkgd,nskd->nckgts", q, k_p, preferred_element_type=jnp.float32) * scale
+    s_c = jnp.einsum("nctkgd,ncskd->nckgts", q, k_c, preferred_element_type=jnp.float32) * scale
+    N, P = s_c.shape[-1], s_p.shape[-1]
+    s_p = jnp.where(prompt_mask_nxP.astype(bool)[:, None, None, None, None, :], s_p, _NEG)
+    s_c = jnp.where(jnp.tril(jnp.ones((N, N), bool)), s_c, _NEG)
+    probs = jax.nn.softmax(jnp.concatenate([s_p, s_c], axis=-1), axis=-1).astype(dt)
+    return (jnp.einsum("nckgts,nskd->nctkgd", probs[..., :P], v_p.astype(dt))
+            + jnp.einsum("nckgts,ncskd->nctkgd", probs[..., P:], v_c.astype(dt)))
+
+
+def _mlp(mp, x, dt):
+    return _linear(mp["down_proj"], jax.nn.silu(_linear(mp["gate_proj"], x, dt)) * _linear(mp["up_proj"], x, dt), dt)
+
+
+def block(lp, cfg: ModelConfig, x_p, x_c, pos_p, pos_c, allowed_p, prompt_mask):
+    """One decoder layer over prompts x_p [n, P, D] and completions x_c [n, G, N, D]."""
+    dt, eps = _dtype(cfg), cfg.rms_norm_eps
+    n, G, N, D = x_c.shape
+    q_p, k_p, v_p = _qkv(lp["attn"], cfg, _norm(x_p, lp["input_norm"]["scale"], eps, dt), pos_p)
+    q_c, k_c, v_c = _qkv(lp["attn"], cfg, _norm(x_c.reshape(n, G * N, D), lp["input_norm"]["scale"], eps, dt),
+                         pos_c)
+    unflat = lambda a: a.reshape(n, G, N, *a.shape[2:])
+    o_p = _prompt_attention(q_p, k_p, v_p, allowed_p, dt)
+    o_c = _completion_attention(unflat(q_c), k_p, v_p, unflat(k_c), unflat(v_c), prompt_mask, dt)
+    x_p = x_p + _linear(lp["attn"]["o_proj"], o_p.reshape(*x_p.shape[:2], -1), dt)
+    x_c = x_c + _linear(lp["attn"]["o_proj"], o_c.reshape(n, G, N, -1), dt)
+    post = lambda x: _mlp(lp["mlp"], _norm(x, lp["post_attn_norm"]["scale"], eps, dt), dt)
+    return x_p + post(x_p), x_c + post(x_c)
+
+
+def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_nxP, completion_ids_nxGxN,
+                         *, remat: bool = False):
+    """Final-norm hidden states: (last prompt slot [n, D], completions [n, G, N, D]).
+
+    `remat` recomputes each layer's activations in the backward pass
+    (`jax.checkpoint` per layer): memory O(one layer) instead of O(all layers).
+    """
+    dt, eps = _dtype(cfg), cfg.rms_norm_eps
+    n, G, N = completion_ids_nxGxN.shape
+    P = prompt_ids_nxP.shape[1]
+    pmask = prompt_mask_nxP.astype(bool)
+    pos_p = positions_from_mask(pmask)
+    lengths = pmask.sum(axis=1).astype(jnp.int32)
+    pos_c = jnp.broadcast_to(lengths[:, None, None] + jnp.arange(N), (n, G, N)).reshape(n, G * N)
+    allowed_p = jnp.tril(jnp.ones((P, P), bool))[None] & pmask[:, None, :]
+    embed = lambda ids: jnp.take(params["embed"], ids, axis=0).astype(dt)
+    x_p, x_c = embed(prompt_ids_nxP), embed(completion_ids_nxGxN)
+    layer = jax.checkpoint(block, static_argnums=(1,)) if remat else block
+    for i in range(cfg.num_layers):
+        x_p, x_c = layer(params[f"layers_{i}"], cfg, x_p, x_c, pos_p, pos_c, allowed_p, pmask)
+    scale = params["final_norm"]["scale"]
+    return _norm(x_p[:, -1], scale, eps, dt), _norm(x_c, scale, eps, dt)
