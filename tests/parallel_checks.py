@@ -55,8 +55,9 @@ def max_diff(a, b):
 def placement(state):
     """Spec and per-device shard shape of a few parameters and an Adam moment."""
     layer = state.params["layers_0"]
+    adam = state.opt_state[1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
     leaves = {"q_proj": layer["attn"]["q_proj"]["kernel"], "down_proj": layer["mlp"]["down_proj"]["kernel"],
-              "embed": state.params["embed"], "adam_mu_q_proj": state.opt_state[1][0].mu["layers_0"]["attn"]["q_proj"]["kernel"]}
+              "embed": state.params["embed"], "adam_mu_q_proj": adam.mu["layers_0"]["attn"]["q_proj"]["kernel"]}
     return {k: {"spec": [str(a) for a in v.sharding.spec], "shape": list(v.shape),
                 "shard_shape": list(v.addressable_shards[0].data.shape), "n_shards": len(v.addressable_shards)}
             for k, v in leaves.items()}
@@ -85,13 +86,15 @@ def main():
     batch = make_batch()
     ref_loss, ref_grads, ref_params, _ = run_update((1, 1, 1), jax.devices()[:1], params, batch)
     ref_tokens = greedy_tokens(params, None, None)
-    out = {"moved": max_diff(ref_params, params), "grad_max": max(float(np.abs(g).max()) for g in jax.tree.leaves(ref_grads)),
+    out = {"moved": max_diff(ref_params, params),
+           "grad_max": max(float(np.abs(g).max()) for g in jax.tree.leaves(ref_grads)),
            "tokens_distinct_rows": len({tuple(r) for r in ref_tokens}), "meshes": {}}
     for shape in MESHES:
         loss, grads, new_params, state = run_update(shape, jax.devices(), params, batch)
         tokens, token_spec = greedy_tokens(params, shape, jax.devices())
         out["meshes"][",".join(map(str, shape))] = {
-            "loss": abs(loss - ref_loss), "grads": max_diff(grads, ref_grads), "params": max_diff(new_params, ref_params),
+            "loss": abs(loss - ref_loss), "grads": max_diff(grads, ref_grads),
+            "params": max_diff(new_params, ref_params),
             "tokens_equal": bool(np.array_equal(tokens, ref_tokens)), "token_spec": token_spec,
             "placement": placement(state)}
     json.dump(out, sys.stdout)

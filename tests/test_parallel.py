@@ -16,10 +16,12 @@ import pytest
 from gpg_em.configuration import ConfigError, get
 from gpg_em.models import init_params
 from gpg_em.parallel import mesh_shape
+from gpg_em.train.loop import Trainer
 from parallel_checks import CFG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
+TINY = os.path.join(ROOT, "configs", "tiny.py")
 TOL = 1e-5
 
 
@@ -76,8 +78,8 @@ def test_bad_mesh_shape_names_the_key(shape, needle):
 
 def test_bad_mesh_shape_in_config_is_refused():
     with pytest.raises(ConfigError, match="mesh.shape"):
-        get(os.path.join(ROOT, "configs", "tiny.py"), [("mesh.shape", "1,2")])
-    assert tuple(get(os.path.join(ROOT, "configs", "tiny.py"), [("mesh.shape", "1,2,4")]).mesh.shape) == (1, 2, 4)
+        get(TINY, [("mesh.shape", "1,2")])
+    assert tuple(get(TINY, [("mesh.shape", "1,2,4")]).mesh.shape) == (1, 2, 4)
 
 
 def _free_port() -> int:
@@ -90,9 +92,9 @@ def test_two_processes_train_like_one(tmp_path):
     """2 processes x 2 CPU devices, mesh (1,2,2): each process holds half the rows (fsdp spans the
     processes) and half of every weight; 3 steps with a collective checkpoint round trip in between
     end at the parameters of one process on one device fed the whole batch."""
+    import parallel_worker
     worker = os.path.join(TESTS, "parallel_worker.py")
-    ref = _run([worker, "1,1,1", str(tmp_path / "ref"), str(tmp_path / "ref.npz")], devices=1)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    parallel_worker.main("1,1,1", str(tmp_path / "ref"), str(tmp_path / "ref.npz"))  # here, on one device
     port = _free_port()
     env = lambda i: dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
                          TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join([TESTS, ROOT]),
@@ -112,24 +114,29 @@ def test_two_processes_train_like_one(tmp_path):
     assert np.abs(a["['embed']"] - init).max() > 100 * TOL  # the steps moved the weights
 
 
+_OVERRIDES = ("--config.total_steps=3", "--config.eval_every=3", "--config.checkpoint_every=3",
+              "--config.reward.fn=stub_rewards:count_sevens", "--config.optim.learning_rate=3e-3")
+
+
 def _train_cmd(workdir, *extra):
-    return ["-m", "gpg_em.cli", "train", "--config", os.path.join(ROOT, "configs", "tiny.py"), "--workdir",
-            str(workdir), "--config.total_steps=3", "--config.eval_every=3", "--config.checkpoint_every=3",
-            "--config.reward.fn=stub_rewards:count_sevens", "--config.optim.learning_rate=3e-3", *extra]
+    return ["-m", "gpg_em.cli", "train", "--config", TINY, "--workdir", str(workdir), *_OVERRIDES, *extra]
 
 
-def _final_params(workdir):
+def _final_state(workdir, like=None):
+    """The step-3 train state; `like` (a restored state) gives the target placement: here one device,
+    whatever mesh saved it."""
     import orbax.checkpoint as ocp
+    target = None if like is None else jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
     mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "loop"))
-    state = mngr.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    return jax.tree.leaves(state["params"])
+    return mngr.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
 
 def test_two_process_training_loop_equals_one_process(tmp_path):
     """The whole loop on 2 processes x 2 devices: each samples, scores and feeds its own prompt; the
     final checkpoint equals a one-process run; only process 0 writes metrics."""
-    ref = _run(_train_cmd(tmp_path / "ref"), devices=1)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    overrides = [tuple(a[len("--config."):].split("=", 1)) for a in _OVERRIDES]
+    Trainer(get(TINY, overrides), str(tmp_path / "ref")).train()  # here, on one device
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, *_train_cmd(tmp_path / "mp", "--config.mesh.shape=1,2,2")],
                               env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -141,7 +148,9 @@ def test_two_process_training_loop_equals_one_process(tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, stderr) in zip(procs, outs):
         assert p.returncode == 0, stderr[-3000:]
-    for a, b in zip(_final_params(tmp_path / "ref"), _final_params(tmp_path / "mp")):
+    ref_state = _final_state(tmp_path / "ref")
+    mp_state = _final_state(tmp_path / "mp", like=ref_state)  # saved sharded over 4 devices, read on 1
+    for a, b in zip(jax.tree.leaves(ref_state["params"]), jax.tree.leaves(mp_state["params"])):
         np.testing.assert_allclose(b, a, atol=TOL, rtol=0)
     ref_loss = [r["loss"] for r in map(json.loads, open(tmp_path / "ref" / "metrics.jsonl")) if r["kind"] == "train"]
     mp_loss = [r["loss"] for r in map(json.loads, open(tmp_path / "mp" / "metrics.jsonl")) if r["kind"] == "train"]
@@ -149,7 +158,7 @@ def test_two_process_training_loop_equals_one_process(tmp_path):
 
 
 def _plan(mesh):
-    proc = _run(["-m", "gpg_em.cli", "plan", "--config", os.path.join(ROOT, "configs", "tiny.py"), "--mesh", mesh,
+    proc = _run(["-m", "gpg_em.cli", "plan", "--config", TINY, "--mesh", mesh,
                  "--devices", "8", "--json"], devices=1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -21,7 +21,7 @@ from gpg_em.parallel.mesh import batch_sharding, fit_sharding
 def _setting(dc, key: str, env: str, cast):
     """The config value `distributed.<key>` when set, else the environment variable, else None."""
     value = None if dc is None else dc.get(key)
-    if value in (None, "", -1, 0) and os.environ.get(env):
+    if value in (None, "", -1) and os.environ.get(env):
         value = os.environ[env]
     return None if value in (None, "", -1) else cast(value)
 

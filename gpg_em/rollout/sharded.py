@@ -24,8 +24,8 @@ from jax.sharding import Mesh
 
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.model import init_params
-from gpg_em.parallel import (agree_max, all_rows, batch_sharding, fit_sharding, fit_shardings, global_batch, left_pad_to,
-                             logical_sharding, on_mesh, process_slice, replicated)
+from gpg_em.parallel import (agree_max, all_rows, batch_sharding, fit_sharding, fit_shardings, global_batch,
+                             left_pad_to, logical_sharding, on_mesh, process_slice, replicated)
 from gpg_em.rollout import sampler
 from gpg_em.rollout.decode_step import KVCache
 from gpg_em.rollout.sampling import SamplingConfig
