@@ -46,6 +46,7 @@ def gpg_em_config(new_tokens: int):
     c.rollout.max_new_tokens, c.rollout.temperature = new_tokens, 1.0
     c.ppo.kl_coef, c.ppo.inner_epochs = 0.0, 1
     c.optim.learning_rate = WORK["lr"]
+    c.train.micro_batch_size = WORK["samples"]  # one group per forward/backward: bounded activation memory
     return c
 
 

@@ -67,8 +67,11 @@ def get_config():
         eps=1e-8, max_grad_norm=1.0))
 
     # share_prompts: each group's prompt is computed once in the update (exact, gpg_em.models.shared_prefix);
-    # remat: recompute each layer in the backward pass (less memory, one more forward).
-    c.train = ml_collections.ConfigDict(dict(micro_batch_size=0, chunk_size=128, share_prompts=True, remat=False))
+    # pack: a group's completions are computed end to end without padding, in widths rounded up to
+    # pack_multiple tokens (a bounded set of compiled shapes); remat: recompute each layer in the
+    # backward pass (less memory, one more forward).
+    c.train = ml_collections.ConfigDict(dict(micro_batch_size=0, chunk_size=128, share_prompts=True, pack=True,
+                                             pack_multiple=128, remat=False))
     c.eval = ml_collections.ConfigDict(dict(num_prompts=64, max_new_tokens=96, greedy=True))
     # Device mesh over (data, fsdp, tensor); -1 takes the remaining devices (README "Scale-out").
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))

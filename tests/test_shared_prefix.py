@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gpg_em.models import ModelConfig, completion_logprobs, grouped_completion_logprobs, init_params
+from gpg_em.models.shared_prefix import packing_index
 
 G, N, P = 3, 6, 7
 
@@ -34,8 +35,8 @@ def _batch(seed=0, n=2):
 
 
 @pytest.mark.parametrize("variant", [{}, {"qkv_bias": True, "tie_embeddings": True}, {"qk_norm": True}])
-@pytest.mark.parametrize("remat", [False, True])
-def test_values_and_gradients_match_per_row_forward(variant, remat):
+@pytest.mark.parametrize("remat,packed", [(False, False), (True, False), (False, True)])
+def test_values_and_gradients_match_per_row_forward(variant, remat, packed):
     cfg = _cfg(**variant)
     params = init_params(cfg, jax.random.PRNGKey(1))
     prompt, pmask, comp, cmask = _batch()
@@ -48,8 +49,9 @@ def test_values_and_gradients_match_per_row_forward(variant, remat):
         return f
 
     ref = loss(lambda p: completion_logprobs(p, cfg, prompt, pmask, comp, cmask, temperature=0.7, chunk_size=4))
-    ours = loss(lambda p: grouped_completion_logprobs(p, cfg, prompt, pmask, comp, group_size=G, temperature=0.7,
-                                                      chunk_size=4, remat=remat))
+    index = packing_index(cmask, G, width=cmask.reshape(-1, G * N).sum(1).max() + 2) if packed else None
+    ours = loss(lambda p: grouped_completion_logprobs(p, cfg, prompt, pmask, comp, index, group_size=G,
+                                                      temperature=0.7, chunk_size=4, remat=remat))
     (l_ref, (lp_ref, h_ref)), g_ref = jax.value_and_grad(ref, has_aux=True)(params)
     (l_ours, (lp_ours, h_ours)), g_ours = jax.value_and_grad(ours, has_aux=True)(params)
     m = cmask.astype(bool)
@@ -72,3 +74,10 @@ def test_only_the_first_row_of_each_group_prompt_is_read():
     a = grouped_completion_logprobs(params, cfg, prompt, pmask, comp, group_size=G)[0]
     b = grouped_completion_logprobs(params, cfg, other, pmask, comp, group_size=G)[0]
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_packing_index_lays_rows_end_to_end():
+    mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]])  # 2 groups of 2 rows, N = 3
+    np.testing.assert_array_equal(packing_index(mask, 2, width=4), [[0, 1, 3, -1], [0, 1, 2, -1]])
+    with pytest.raises(ValueError, match="packing width 2 < 3"):
+        packing_index(mask, 2, width=2)

@@ -127,17 +127,18 @@ def test_bad_config_is_refused_with_the_key(tmp_path, override, needle):
 
 
 def test_update_and_sampler_compile_once_per_prompt_bucket(tmp_path, monkeypatch):
-    """Across the steps of a run nothing recompiles: one update/log-prob executable per distinct prompt
-    bucket (powers of two >= 16), one decode executable per distinct sampler shape, whatever the steps."""
+    """Across the steps of a run nothing recompiles: one update/log-prob executable per distinct
+    (prompt bucket: powers of two >= 16, packed width: multiples of train.pack_multiple), one decode
+    executable per distinct sampler shape, whatever the steps."""
     from gpg_em.rollout import sampler
     c = tiny(**{"algorithm": "grpo", "total_steps": 4, "eval_every": 2, "checkpoint_every": 100,
-                "ppo.inner_epochs": 2})
+                "ppo.inner_epochs": 2, "train.pack_multiple": 8})
     trainer = Trainer(c, str(tmp_path))
     update, logprobs, decode = trainer.run.update, trainer.run.logprobs, sampler.decode
     widths, decode_shapes, decode_before = [], [], decode._cache_size()
 
     def recording_update(state, arrays, rng):
-        widths.append(arrays["prompt_ids"].shape[1])
+        widths.append((arrays["prompt_ids"].shape[1], arrays["pack_index"].shape[1]))
         return update(state, arrays, rng)
 
     def recording_decode(params, state, *, cfg, sampling):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.model import head_weight, hidden_states
-from gpg_em.models.shared_prefix import shared_prefix_hidden
+from gpg_em.models.shared_prefix import identity_packing, shared_prefix_hidden
 
 
 def logprob_entropy_from_logits(logits_NxV: jnp.ndarray, targets_N: jnp.ndarray):
@@ -76,23 +76,38 @@ def completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt_mask_Bx
                             temperature=temperature, chunk_size=chunk_size)
 
 
+def _unpack(values_nxL, pack_index_nxL, G: int, N: int):
+    """[n, L] packed values -> [n * G, N] rows (positions not packed read slot 0: mask them)."""
+    n, L = pack_index_nxL.shape
+    target = jnp.where(pack_index_nxL >= 0, pack_index_nxL, G * N)  # empty slots scatter out of bounds: dropped
+    slot = jnp.zeros((n, G * N), jnp.int32).at[jnp.arange(n)[:, None], target].set(
+        jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (n, L)), mode="drop")
+    return jnp.take_along_axis(values_nxL, slot, axis=1).reshape(n * G, N)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "group_size", "temperature", "chunk_size", "remat"))
 def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt_mask_BxP, completion_ids_BxN,
-                                *, group_size: int, temperature: float = 1.0, chunk_size: int = 128,
-                                remat: bool = False):
+                                pack_index_nxL=None, *, group_size: int, temperature: float = 1.0,
+                                chunk_size: int = 128, remat: bool = False):
     """`completion_logprobs` for rows in groups of `group_size` sharing a prompt, each prompt computed once.
 
     Rows b = i * G + g (prompt-major, as the sampler orders them); only row
-    i * G of each group's prompt is read. Same (logp, entropy) [B, N] as the
-    per-row function up to float rounding (gpg_em.models.shared_prefix).
+    i * G of each group's prompt is read. With `pack_index` [n, L]
+    (`shared_prefix.packing_index`) only the packed tokens are computed, the
+    G rows of a group end to end without their padding; without it every
+    position is. Same (logp, entropy) [B, N] as the per-row function at the
+    valid positions, up to float rounding (gpg_em.models.shared_prefix).
     """
     B, N = completion_ids_BxN.shape
-    G = group_size
-    h_last, h_c = shared_prefix_hidden(params, cfg, prompt_ids_BxP[::G], prompt_mask_BxP[::G],
-                                       completion_ids_BxN.reshape(B // G, G, N), remat=remat)
-    n, D = h_last.shape
-    # hidden state of token j-1 predicts token j; the last prompt slot predicts token 0
-    first = jnp.broadcast_to(h_last[:, None, None], (n, G, 1, D))
-    h = jnp.concatenate([first, h_c[:, :, :-1]], axis=2).reshape(B, N, D)
-    return chunked_logprobs(h, head_weight(params, cfg), completion_ids_BxN,
-                            temperature=temperature, chunk_size=chunk_size)
+    G, n = group_size, B // group_size
+    index = identity_packing(n, G, N) if pack_index_nxL is None else pack_index_nxL
+    safe = jnp.maximum(index, 0)
+    tokens = jnp.take_along_axis(completion_ids_BxN.reshape(n, G * N), safe, axis=1)
+    row, pos = jnp.where(index >= 0, index // N, -1), safe % N
+    h_last, h_c = shared_prefix_hidden(params, cfg, prompt_ids_BxP[::G], prompt_mask_BxP[::G], tokens, row, pos,
+                                       remat=remat)
+    # slot t is predicted by slot t-1 of its row, a row's first token by the prompt's last slot
+    prev = jnp.concatenate([h_last[:, None], h_c[:, :-1]], axis=1)
+    h = jnp.where((pos == 0)[..., None], h_last[:, None], prev)
+    logp, ent = chunked_logprobs(h, head_weight(params, cfg), tokens, temperature=temperature, chunk_size=chunk_size)
+    return _unpack(logp, index, G, N), _unpack(ent, index, G, N)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.model import positions_from_mask
@@ -71,61 +72,94 @@ def _prompt_attention(q, k, v, allowed_nxPxP, dt):
     return jnp.einsum("nkgts,nskd->ntkgd", p.astype(dt), v.astype(dt))
 
 
-def _completion_attention(q, k_p, v_p, k_c, v_c, prompt_mask_nxP, dt):
-    """Completion queries q [n,G,N,K,g,Dh] over the group's prompt (k_p [n,P,K,Dh]) and their own row.
+def _completion_attention(q, k_p, v_p, k_c, v_c, prompt_mask_nxP, allowed_nxLxL, dt):
+    """Packed completion queries q [n,L,K,g,Dh] over the group's prompt (k_p [n,P,K,Dh]) and their own row.
 
-    One softmax over the P prompt slots and the N completion slots (causal).
+    One softmax over the P prompt slots and the L packed slots, of which a
+    query may see the earlier tokens of its own row (`allowed_nxLxL`).
     """
     scale = q.shape[-1] ** -0.5
-    s_p = jnp.einsum("nctkgd,nskd->nckgts", q, k_p, preferred_element_type=jnp.float32) * scale
-    s_c = jnp.einsum("nctkgd,ncskd->nckgts", q, k_c, preferred_element_type=jnp.float32) * scale
-    N, P = s_c.shape[-1], s_p.shape[-1]
-    s_p = jnp.where(prompt_mask_nxP.astype(bool)[:, None, None, None, None, :], s_p, _NEG)
-    s_c = jnp.where(jnp.tril(jnp.ones((N, N), bool)), s_c, _NEG)
+    s_p = jnp.einsum("ntkgd,nskd->nkgts", q, k_p, preferred_element_type=jnp.float32) * scale
+    s_c = jnp.einsum("ntkgd,nskd->nkgts", q, k_c, preferred_element_type=jnp.float32) * scale
+    P = s_p.shape[-1]
+    s_p = jnp.where(prompt_mask_nxP.astype(bool)[:, None, None, None, :], s_p, _NEG)
+    s_c = jnp.where(allowed_nxLxL[:, None, None], s_c, _NEG)
     probs = jax.nn.softmax(jnp.concatenate([s_p, s_c], axis=-1), axis=-1).astype(dt)
-    return (jnp.einsum("nckgts,nskd->nctkgd", probs[..., :P], v_p.astype(dt))
-            + jnp.einsum("nckgts,ncskd->nctkgd", probs[..., P:], v_c.astype(dt)))
+    return (jnp.einsum("nkgts,nskd->ntkgd", probs[..., :P], v_p.astype(dt))
+            + jnp.einsum("nkgts,nskd->ntkgd", probs[..., P:], v_c.astype(dt)))
 
 
 def _mlp(mp, x, dt):
     return _linear(mp["down_proj"], jax.nn.silu(_linear(mp["gate_proj"], x, dt)) * _linear(mp["up_proj"], x, dt), dt)
 
 
-def block(lp, cfg: ModelConfig, x_p, x_c, pos_p, pos_c, allowed_p, prompt_mask):
-    """One decoder layer over prompts x_p [n, P, D] and completions x_c [n, G, N, D]."""
+def block(lp, cfg: ModelConfig, x_p, x_c, pos_p, pos_c, allowed_p, prompt_mask, allowed_c):
+    """One decoder layer over prompts x_p [n, P, D] and packed completions x_c [n, L, D]."""
     dt, eps = _dtype(cfg), cfg.rms_norm_eps
-    n, G, N, D = x_c.shape
     q_p, k_p, v_p = _qkv(lp["attn"], cfg, _norm(x_p, lp["input_norm"]["scale"], eps, dt), pos_p)
-    q_c, k_c, v_c = _qkv(lp["attn"], cfg, _norm(x_c.reshape(n, G * N, D), lp["input_norm"]["scale"], eps, dt),
-                         pos_c)
-    unflat = lambda a: a.reshape(n, G, N, *a.shape[2:])
+    q_c, k_c, v_c = _qkv(lp["attn"], cfg, _norm(x_c, lp["input_norm"]["scale"], eps, dt), pos_c)
     o_p = _prompt_attention(q_p, k_p, v_p, allowed_p, dt)
-    o_c = _completion_attention(unflat(q_c), k_p, v_p, unflat(k_c), unflat(v_c), prompt_mask, dt)
+    o_c = _completion_attention(q_c, k_p, v_p, k_c, v_c, prompt_mask, allowed_c, dt)
     x_p = x_p + _linear(lp["attn"]["o_proj"], o_p.reshape(*x_p.shape[:2], -1), dt)
-    x_c = x_c + _linear(lp["attn"]["o_proj"], o_c.reshape(n, G, N, -1), dt)
+    x_c = x_c + _linear(lp["attn"]["o_proj"], o_c.reshape(*x_c.shape[:2], -1), dt)
     post = lambda x: _mlp(lp["mlp"], _norm(x, lp["post_attn_norm"]["scale"], eps, dt), dt)
     return x_p + post(x_p), x_c + post(x_c)
 
 
-def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_nxP, completion_ids_nxGxN,
-                         *, remat: bool = False):
-    """Final-norm hidden states: (last prompt slot [n, D], completions [n, G, N, D]).
+def identity_packing(n: int, G: int, N: int) -> jnp.ndarray:
+    """pack_index [n, G*N] that lays each group's G rows end to end, padding included."""
+    return jnp.broadcast_to(jnp.arange(G * N, dtype=jnp.int32), (n, G * N))
 
-    `remat` recomputes each layer's activations in the backward pass
-    (`jax.checkpoint` per layer): memory O(one layer) instead of O(all layers).
+
+def packing_index(completion_mask_BxN, G: int, width: int):
+    """pack_index [n, width] (host numpy): each group's valid completion tokens end to end.
+
+    Slot p of group i holds flat token g * N + j of the group's [G, N]
+    completions (row g, token j), or -1 when empty. `width` must hold the
+    group with the most valid tokens.
+    """
+    mask = np.asarray(completion_mask_BxN).astype(bool)
+    B, N = mask.shape
+    flat = mask.reshape(B // G, G * N)
+    if flat.sum(1).max(initial=0) > width:
+        raise ValueError(f"packing width {width} < {flat.sum(1).max()} valid tokens in one group")
+    index = np.full((B // G, width), -1, np.int32)
+    for i, row in enumerate(flat):
+        valid = np.flatnonzero(row)
+        index[i, :valid.size] = valid
+    return index
+
+
+def packed_width(completion_mask_BxN, G: int, multiple: int) -> int:
+    """Width holding the group with the most valid tokens, rounded up to `multiple`, at most G * N."""
+    mask = np.asarray(completion_mask_BxN)
+    B, N = mask.shape
+    most = int(mask.reshape(B // G, G * N).sum(1).max(initial=1))
+    return min(G * N, -(-most // multiple) * multiple)
+
+
+def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_nxP, tokens_nxL, row_nxL, pos_nxL,
+                         *, remat: bool = False):
+    """Final-norm hidden states: (last prompt slot [n, D], packed completion slots [n, L, D]).
+
+    Packed slot t of group i holds token `tokens[i, t]` of row `row[i, t]`
+    (-1: empty) at completion position `pos[i, t]` (0 for a row's first token);
+    a row's tokens are contiguous and in order. `remat` recomputes each
+    layer's activations in the backward pass (`jax.checkpoint` per layer):
+    memory O(one layer) instead of O(all layers).
     """
     dt, eps = _dtype(cfg), cfg.rms_norm_eps
-    n, G, N = completion_ids_nxGxN.shape
-    P = prompt_ids_nxP.shape[1]
+    P, L = prompt_ids_nxP.shape[1], tokens_nxL.shape[1]
     pmask = prompt_mask_nxP.astype(bool)
     pos_p = positions_from_mask(pmask)
-    lengths = pmask.sum(axis=1).astype(jnp.int32)
-    pos_c = jnp.broadcast_to(lengths[:, None, None] + jnp.arange(N), (n, G, N)).reshape(n, G * N)
+    pos_c = pmask.sum(axis=1).astype(jnp.int32)[:, None] + pos_nxL
     allowed_p = jnp.tril(jnp.ones((P, P), bool))[None] & pmask[:, None, :]
+    same_row = (row_nxL[:, :, None] == row_nxL[:, None, :]) & (row_nxL[:, None, :] >= 0)
+    allowed_c = jnp.tril(jnp.ones((L, L), bool))[None] & same_row
     embed = lambda ids: jnp.take(params["embed"], ids, axis=0).astype(dt)
-    x_p, x_c = embed(prompt_ids_nxP), embed(completion_ids_nxGxN)
+    x_p, x_c = embed(prompt_ids_nxP), embed(tokens_nxL)
     layer = jax.checkpoint(block, static_argnums=(1,)) if remat else block
     for i in range(cfg.num_layers):
-        x_p, x_c = layer(params[f"layers_{i}"], cfg, x_p, x_c, pos_p, pos_c, allowed_p, pmask)
+        x_p, x_c = layer(params[f"layers_{i}"], cfg, x_p, x_c, pos_p, pos_c, allowed_p, pmask, allowed_c)
     scale = params["final_norm"]["scale"]
     return _norm(x_p[:, -1], scale, eps, dt), _norm(x_c, scale, eps, dt)

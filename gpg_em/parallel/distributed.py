@@ -13,7 +13,7 @@ import os
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gpg_em.parallel.mesh import batch_sharding, fit_sharding
 
@@ -102,3 +102,16 @@ def agree_any(flag: bool) -> bool:
     if jax.process_count() == 1:
         return bool(flag)
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+
+
+def gather_host_rows(x: np.ndarray) -> np.ndarray:
+    """Every process's rows of a host array, in process order (the array itself with one process)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+
+
+def replicated_array(x: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A host array every process holds identically, placed whole on every device of the mesh."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, PartitionSpec()), lambda idx: x[idx])

@@ -16,7 +16,9 @@ from tqdm import tqdm
 
 from gpg_em.data import PromptFormatter, PromptIterator, make_length_fn, make_source
 from gpg_em.models import Model
-from gpg_em.parallel import agree_any, agree_max, global_batch, is_primary, left_pad_to, process_slice
+from gpg_em.models.shared_prefix import packed_width, packing_index
+from gpg_em.parallel import (agree_any, agree_max, gather_host_rows, global_batch, is_primary, left_pad_to,
+                             process_slice, replicated_array)
 from gpg_em.rewards import build_rewards
 from gpg_em.rollout.sharded import process_sampler
 from gpg_em.train import checkpoint as ckpt
@@ -89,7 +91,16 @@ class Trainer:
         """The update's batch as global arrays from this process's rows, prompts padded to the widest."""
         width = agree_max(batch["prompt_ids"].shape[1])
         local = {k: left_pad_to(batch[k], width) if k.startswith("prompt") else batch[k] for k in BATCH_KEYS}
-        return global_batch(local, self.run.mesh, self.c.rollout.prompts_per_step * self.spec.group_size)
+        arrays = global_batch(local, self.run.mesh, self.c.rollout.prompts_per_step * self.spec.group_size)
+        if self.c.train.share_prompts and self.c.train.pack and self.spec.group_size > 1:
+            arrays["pack_index"] = self.pack_index(batch["completion_mask"])
+        return arrays
+
+    def pack_index(self, completion_mask: np.ndarray) -> jax.Array:
+        """Every group's valid completion tokens end to end, one width (bucketed) for all processes."""
+        G, mask = self.spec.group_size, gather_host_rows(completion_mask)
+        width = packed_width(mask, G, self.c.train.pack_multiple)
+        return replicated_array(packing_index(mask, G, width), self.run.mesh)
 
     def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         if self.c.train.share_prompts and self.spec.group_size > 1:

@@ -99,7 +99,8 @@ def build_run(c) -> Run:
         model = dataclasses.replace(model, params=jax.tree.map(lambda x: x.copy(), model.params))
     state, shardings = create_state(model.params, model.config, tx, mesh)
     sc = StepConfig.from_config(c, objective)
-    keys = BATCH_KEYS + (("old_logprobs",) if needs_old_logprobs(c, objective) else ()) + (
+    keys = BATCH_KEYS + (("pack_index",) if sc.pack else ()) + (
+        ("old_logprobs",) if needs_old_logprobs(c, objective) else ()) + (
         ("ref_logprobs",) if objective.kl_coef > 0 else ())
     update = jit_update_step(model.config, sc, tx, schedule, mesh, shardings, keys)
     logprobs = jit_logprobs(model.config, sc, mesh, shardings.params)

@@ -39,13 +39,31 @@ class StepConfig:
     # (gpg_em.models.shared_prefix); 0 or 1: every row's prompt is computed.
     prompt_group_size: int = 0
     remat: bool = False  # recompute each layer in the backward pass (grouped forward only)
+    # grouped forward only: batches carry `pack_index` [n, L] and each group's valid completion
+    # tokens are computed end to end, without the padding after each row's stop token
+    pack: bool = False
 
     @classmethod
     def from_config(cls, c, objective: Objective) -> "StepConfig":
         """The step options of a run config (train.*, rollout.temperature / group_size)."""
         return cls(objective, micro_batch_size=c.train.micro_batch_size, temperature=c.rollout.temperature,
                    chunk_size=c.train.chunk_size, remat=c.train.remat,
-                   prompt_group_size=c.rollout.group_size if c.train.share_prompts else 0)
+                   prompt_group_size=c.rollout.group_size if c.train.share_prompts else 0,
+                   pack=bool(c.train.share_prompts and c.train.pack and c.rollout.group_size > 1))
+
+    @property
+    def row_keys(self) -> tuple[str, ...]:
+        """Batch arrays the log-prob pass reads."""
+        return _ROW_KEYS + (("pack_index",) if self.pack else ())
+
+
+def _rows(batch) -> dict:
+    return {k: batch[k] for k in _ROW_KEYS + ("pack_index",) if k in batch}
+
+
+def _split(rows, parts: int) -> dict:
+    """Each array [R, ...] -> [parts, R / parts, ...] (rows [B] and pack_index [B / G] alike)."""
+    return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), rows)
 
 
 def _row_logprobs(params, cfg: ModelConfig, rows, *, temperature: float, chunk_size: int, prompt_group_size: int,
@@ -53,7 +71,7 @@ def _row_logprobs(params, cfg: ModelConfig, rows, *, temperature: float, chunk_s
     """(logp, entropy) [B, N] of some rows, prompts shared per group when prompt_group_size > 1."""
     if prompt_group_size > 1:
         return grouped_completion_logprobs(params, cfg, rows["prompt_ids"], rows["prompt_mask"],
-                                           rows["completion_ids"], group_size=prompt_group_size,
+                                           rows["completion_ids"], rows.get("pack_index"), group_size=prompt_group_size,
                                            temperature=temperature, chunk_size=chunk_size, remat=remat)
     return completion_logprobs(params, cfg, rows["prompt_ids"], rows["prompt_mask"], rows["completion_ids"],
                                rows["completion_mask"], temperature=temperature, chunk_size=chunk_size)
@@ -64,7 +82,7 @@ def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, te
     """(logp, entropy) [B, N] of the batch's completions, micro-batch by micro-batch."""
     one = lambda p, rows: _row_logprobs(p, cfg, rows, temperature=temperature, chunk_size=chunk_size,
                                         prompt_group_size=prompt_group_size, remat=remat)
-    rows = {k: batch[k] for k in _ROW_KEYS}
+    rows = _rows(batch)
     B = rows["prompt_ids"].shape[0]
     mb = micro_batch_size or B
     if B % mb:
@@ -74,7 +92,7 @@ def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, te
                          "when prompts are shared")
     if mb == B:
         return one(params, rows)
-    split = jax.tree.map(lambda x: x.reshape(B // mb, mb, *x.shape[1:]), rows)
+    split = _split(rows, B // mb)
     logp, ent = jax.lax.map(lambda r: one(params, r), split)
     return logp.reshape(B, -1), ent.reshape(B, -1)
 
@@ -99,7 +117,7 @@ def loss_and_grad(params, cfg: ModelConfig, sc: StepConfig, batch):
     if mb == B:
         return jax.value_and_grad(loss_fn, has_aux=True)(params, cfg, sc, batch)
     N = batch["completion_ids"].shape[1]
-    split = jax.tree.map(lambda x: x.reshape(B // mb, mb, *x.shape[1:]), {k: batch[k] for k in _ROW_KEYS})
+    split = _split(_rows(batch), B // mb)
 
     def micro_loss(p, start, rows):
         logp_m, ent_m = batch_logprobs(p, cfg, rows, micro_batch_size=0, **_sc_options(sc))
@@ -131,8 +149,10 @@ def update_step(state, batch, rng, *, cfg: ModelConfig, sc: StepConfig, tx: opta
 
 
 def batch_shardings(batch_keys, mesh: Mesh) -> dict:
-    """Rows split over the batch axes: `rewards` is [B], every other batch array [B, N] (or [B, P])."""
-    return {k: batch_sharding(mesh, 1 if k == "rewards" else 2) for k in batch_keys}
+    """Rows split over the batch axes: `rewards` is [B], every other batch array [B, N] (or [B, P]);
+    `pack_index` [n, L] (small) is replicated."""
+    return {k: replicated(mesh) if k == "pack_index" else batch_sharding(mesh, 1 if k == "rewards" else 2)
+            for k in batch_keys}
 
 
 def jit_update_step(cfg: ModelConfig, sc: StepConfig, tx, schedule, mesh: Mesh, state_shardings, batch_keys):
@@ -153,9 +173,9 @@ def jit_logprobs(cfg: ModelConfig, sc: StepConfig, mesh: Mesh, param_shardings):
     """Log-probs [B, N] of a batch under given params (old policy or frozen reference): no gradient."""
     def fn(params, rows):
         return batch_logprobs(params, cfg, rows, micro_batch_size=sc.micro_batch_size, **_sc_options(sc))[0]
-    b_shard = batch_shardings(_ROW_KEYS, mesh)
+    b_shard = batch_shardings(sc.row_keys, mesh)
     jitted = jax.jit(on_mesh(fn, mesh), in_shardings=(param_shardings, b_shard), out_shardings=batch_sharding(mesh, 2))
     def call(params, batch):
-        return jitted(params, {k: batch[k] for k in _ROW_KEYS})
+        return jitted(params, {k: batch[k] for k in sc.row_keys})
     call._cache_size = jitted._cache_size  # compiled executables so far (tests assert no recompilation)
     return call
