@@ -33,12 +33,10 @@ def initialize_distributed(dc=None) -> bool:
     process_id); unset keys fall back to GPG_EM_COORDINATOR, GPG_EM_NUM_PROCESSES,
     GPG_EM_PROCESS_ID. On TPU pod slices (TPU_WORKER_HOSTNAMES set) or with
     GPG_EM_DISTRIBUTED=1, `jax.distributed.initialize()` discovers everything itself.
-    CPU processes exchange collectives over gloo. Returns True when initialised.
+    CPU processes exchange collectives over gloo (JAX's default). Returns True when initialised.
     """
     coordinator = _setting(dc, "coordinator", "GPG_EM_COORDINATOR", str)
     if coordinator:
-        if os.environ.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator,
                                    num_processes=_setting(dc, "num_processes", "GPG_EM_NUM_PROCESSES", int),
                                    process_id=_setting(dc, "process_id", "GPG_EM_PROCESS_ID", int))
