@@ -12,6 +12,9 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.algorithm = "gpg"  # gpg | grpo | dr_grpo | rloo | em_ft | em_rl
     c.seed = 0
+    # XLA executables are kept here across runs, so a second run with the same shapes compiles
+    # nothing ("" turns the cache off). Shared by every run of this user.
+    c.compilation_cache_dir = "~/.cache/gpg_em/xla"
     c.total_steps = 20
     c.checkpoint_every = 10
     c.eval_every = 10

@@ -152,3 +152,29 @@ def test_update_and_sampler_compile_once_per_prompt_bucket(tmp_path, monkeypatch
     assert update._cache_size() == len(set(widths)) and logprobs._cache_size() == len(set(widths))
     # (the decode cache is process-wide: earlier tests may already hold some of these shapes)
     assert decode._cache_size() - decode_before <= len(set(decode_shapes)) < len(decode_shapes)
+
+
+_CACHE_PROBE = """
+import collections, sys, tempfile
+import jax.monitoring
+events = collections.Counter()
+jax.monitoring.register_event_listener(lambda name, **kw: events.update([name]))
+from gpg_em.configuration import get
+from gpg_em.train.loop import Trainer
+c = get(sys.argv[1], [("total_steps", "2"), ("eval_every", "100"), ("checkpoint_every", "100"),
+                      ("compilation_cache_dir", sys.argv[2])])
+Trainer(c, tempfile.mkdtemp()).train()
+print("EVENTS", events["/jax/compilation_cache/cache_hits"], events["/jax/compilation_cache/cache_misses"])
+"""
+
+
+def test_second_run_compiles_nothing(tmp_path):
+    """The persistent compilation cache (config key compilation_cache_dir) serves every executable of a rerun."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]))
+    counts = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE, TINY, str(tmp_path / "xla")], env=env,
+                             check=True, capture_output=True, text=True).stdout
+        counts.append([int(x) for x in out.split("EVENTS")[1].split()])
+    (hits1, misses1), (hits2, misses2) = counts
+    assert misses1 > 0 and hits2 >= misses1 and misses2 == 0, counts

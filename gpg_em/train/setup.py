@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -88,7 +89,17 @@ def check_process_batch(c, mesh) -> None:
                           f"{jax.process_count()} processes")
 
 
+def use_compilation_cache(path: str) -> None:
+    """Persistent XLA compilation cache at `path`, every executable in it (a second run compiles nothing)."""
+    if not path:
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def build_run(c) -> Run:
+    use_compilation_cache(c.compilation_cache_dir)
     model = build_model(c)
     objective = build_objective(c)
     oc = OptimConfig(total_steps=c.total_steps, **c.optim.to_dict())
