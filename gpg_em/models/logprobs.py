@@ -101,11 +101,12 @@ def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt
     B, N = completion_ids_BxN.shape
     G, n = group_size, B // group_size
     index = identity_packing(n, G, N) if pack_index_nxL is None else pack_index_nxL
+    index = jnp.pad(index, ((0, 0), (0, -index.shape[1] % N)), constant_values=-1)  # whole attention windows
     safe = jnp.maximum(index, 0)
     tokens = jnp.take_along_axis(completion_ids_BxN.reshape(n, G * N), safe, axis=1)
     row, pos = jnp.where(index >= 0, index // N, -1), safe % N
     h_last, h_c = shared_prefix_hidden(params, cfg, prompt_ids_BxP[::G], prompt_mask_BxP[::G], tokens, row, pos,
-                                       remat=remat)
+                                       window=N, remat=remat)
     # slot t is predicted by slot t-1 of its row, a row's first token by the prompt's last slot
     prev = jnp.concatenate([h_last[:, None], h_c[:, :-1]], axis=1)
     h = jnp.where((pos == 0)[..., None], h_last[:, None], prev)

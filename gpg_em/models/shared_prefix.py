@@ -6,16 +6,17 @@ row is exact: every completion token attends to the same prompt keys/values
 it would see in its own row, and the backward pass sums the gradients that
 flow into the shared prompt activations from the G completions, which is what
 the G separate rows would add up to. It removes (G - 1) / G of the prompt
-tokens' forward and backward work (here, with prompts as long as
-completions, ~44% of an update at G = 8).
+tokens' forward and backward work.
 
-Layout: prompts [n, P] (left-padded), completions [n, G, N] (right-padded).
-Prompt slot s has position cumsum(prompt_mask)[s] - 1; completion token j
-of a group has position L + j where L is the group's prompt length, as in
-`positions_from_mask` over the concatenated row. Completion queries attend to
-the group's valid prompt slots and causally to their own row's earlier
-completion tokens; padding after a row's stop token comes strictly after its
-valid tokens, so no valid token sees it.
+Layout: prompts [n, P] (left-padded); each group's completions are packed
+end to end into L slots ([n, L]): slot t holds token `pos[t]` of row
+`row[t]` (-1: an empty slot). With `packing_index` only valid tokens are
+packed, so the padding after each row's stop token costs nothing;
+`identity_packing` packs all G * N positions (L = G * N). Prompt slot s has
+position cumsum(prompt_mask)[s] - 1; completion token j has position L_p + j,
+L_p the group's prompt length, as `positions_from_mask` gives over the
+concatenated row. A completion token attends to the group's valid prompt
+slots and to the earlier tokens of its own row.
 
 The layer maths is the decoder's (gpg_em.models.decoder), written over the
 params tree: RMSNorm in float32, optional q/k norm, RoPE, grouped-query
@@ -72,21 +73,48 @@ def _prompt_attention(q, k, v, allowed_nxPxP, dt):
     return jnp.einsum("nkgts,nskd->ntkgd", p.astype(dt), v.astype(dt))
 
 
-def _completion_attention(q, k_p, v_p, k_c, v_c, prompt_mask_nxP, allowed_nxLxL, dt):
+def _blocks_with_previous(x_nxLx, C: int, fill):
+    """[n, L, ...] -> [n, L/C, 2C, ...]: each block of C slots preceded by the block before it."""
+    n, L = x_nxLx.shape[:2]
+    b = x_nxLx.reshape(n, L // C, C, *x_nxLx.shape[2:])
+    prev = jnp.concatenate([jnp.full_like(b[:, :1], fill), b[:, :-1]], axis=1)
+    return jnp.concatenate([prev, b], axis=2)
+
+
+def completion_window_mask(row_nxL, C: int):
+    """allowed [n, L/C, C, 2C]: query slot t of a block sees window slot s when both hold the same row
+    and s <= t. Rows are contiguous and at most C long, so a row's earlier tokens always lie in the
+    query's block or the one before it."""
+    n, L = row_nxL.shape
+    t = jnp.arange(L).reshape(L // C, C)
+    s = jnp.concatenate([t - C, t], axis=1)  # [L/C, 2C]
+    rows_q = row_nxL.reshape(n, L // C, C)
+    rows_k = _blocks_with_previous(row_nxL, C, -1)
+    return ((rows_q[..., :, None] == rows_k[..., None, :]) & (rows_k[..., None, :] >= 0)
+            & (s[None, :, None, :] <= t[None, :, :, None]))
+
+
+def _completion_attention(q, k_p, v_p, k_c, v_c, prompt_mask_nxP, allowed_nxbxCx2C, dt):
     """Packed completion queries q [n,L,K,g,Dh] over the group's prompt (k_p [n,P,K,Dh]) and their own row.
 
-    One softmax over the P prompt slots and the L packed slots, of which a
-    query may see the earlier tokens of its own row (`allowed_nxLxL`).
+    Blocks of C query slots attend to the P prompt slots and a window of the
+    2C packed slots ending with their block (`completion_window_mask`), in one
+    softmax: O(L * (P + 2C)) work instead of O(L * (P + L)).
     """
-    scale = q.shape[-1] ** -0.5
-    s_p = jnp.einsum("ntkgd,nskd->nkgts", q, k_p, preferred_element_type=jnp.float32) * scale
-    s_c = jnp.einsum("ntkgd,nskd->nkgts", q, k_c, preferred_element_type=jnp.float32) * scale
+    n, L, K, g, Dh = q.shape
+    C = allowed_nxbxCx2C.shape[-2]
+    qb = q.reshape(n, L // C, C, K, g, Dh)
+    k_w, v_w = _blocks_with_previous(k_c, C, 0), _blocks_with_previous(v_c, C, 0)
+    scale = Dh ** -0.5
+    s_p = jnp.einsum("nbtkgd,nskd->nbkgts", qb, k_p, preferred_element_type=jnp.float32) * scale
+    s_c = jnp.einsum("nbtkgd,nbskd->nbkgts", qb, k_w, preferred_element_type=jnp.float32) * scale
     P = s_p.shape[-1]
-    s_p = jnp.where(prompt_mask_nxP.astype(bool)[:, None, None, None, :], s_p, _NEG)
-    s_c = jnp.where(allowed_nxLxL[:, None, None], s_c, _NEG)
+    s_p = jnp.where(prompt_mask_nxP.astype(bool)[:, None, None, None, None, :], s_p, _NEG)
+    s_c = jnp.where(allowed_nxbxCx2C[:, :, None, None], s_c, _NEG)
     probs = jax.nn.softmax(jnp.concatenate([s_p, s_c], axis=-1), axis=-1).astype(dt)
-    return (jnp.einsum("nkgts,nskd->ntkgd", probs[..., :P], v_p.astype(dt))
-            + jnp.einsum("nkgts,nskd->ntkgd", probs[..., P:], v_c.astype(dt)))
+    out = (jnp.einsum("nbkgts,nskd->nbtkgd", probs[..., :P], v_p.astype(dt))
+           + jnp.einsum("nbkgts,nbskd->nbtkgd", probs[..., P:], v_w.astype(dt)))
+    return out.reshape(n, L, K, g, Dh)
 
 
 def _mlp(mp, x, dt):
@@ -139,23 +167,23 @@ def packed_width(completion_mask_BxN, G: int, multiple: int) -> int:
 
 
 def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_nxP, tokens_nxL, row_nxL, pos_nxL,
-                         *, remat: bool = False):
+                         *, window: int, remat: bool = False):
     """Final-norm hidden states: (last prompt slot [n, D], packed completion slots [n, L, D]).
 
     Packed slot t of group i holds token `tokens[i, t]` of row `row[i, t]`
     (-1: empty) at completion position `pos[i, t]` (0 for a row's first token);
-    a row's tokens are contiguous and in order. `remat` recomputes each
+    a row's tokens are contiguous, in order and at most `window` long (L a
+    multiple of `window`: the completion maximum N). `remat` recomputes each
     layer's activations in the backward pass (`jax.checkpoint` per layer):
     memory O(one layer) instead of O(all layers).
     """
     dt, eps = _dtype(cfg), cfg.rms_norm_eps
-    P, L = prompt_ids_nxP.shape[1], tokens_nxL.shape[1]
+    P = prompt_ids_nxP.shape[1]
     pmask = prompt_mask_nxP.astype(bool)
     pos_p = positions_from_mask(pmask)
     pos_c = pmask.sum(axis=1).astype(jnp.int32)[:, None] + pos_nxL
     allowed_p = jnp.tril(jnp.ones((P, P), bool))[None] & pmask[:, None, :]
-    same_row = (row_nxL[:, :, None] == row_nxL[:, None, :]) & (row_nxL[:, None, :] >= 0)
-    allowed_c = jnp.tril(jnp.ones((L, L), bool))[None] & same_row
+    allowed_c = completion_window_mask(row_nxL, window)
     embed = lambda ids: jnp.take(params["embed"], ids, axis=0).astype(dt)
     x_p, x_c = embed(prompt_ids_nxP), embed(tokens_nxL)
     layer = jax.checkpoint(block, static_argnums=(1,)) if remat else block
