@@ -37,6 +37,8 @@ setup(
         # torch==2.13.0 is the CPU build available on local disk; it is the
         # reference implementation in tests and never imported at run time.
         "test": ["pytest>=8", "torch==2.13.0"],
+        # the peer in benchmarks/train_step.py; never imported by the library or the tests
+        "bench": ["torch==2.13.0", "trl==1.16.0"],
     },
     entry_points={"console_scripts": ["gpg-em=gpg_em.cli:main"]},
 )

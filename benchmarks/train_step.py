@@ -1,5 +1,6 @@
 """One full RL step (rollout, rewards, log-probs, update): gpg_em against TRL's GRPOTrainer.
 
+    pip install -e ".[bench]"   # TRL 1.16 (PyTorch CPU), the peer
     python benchmarks/train_step.py [--steps 3] [--warmup 1] [--new-tokens 128] [--sides gpg_em,trl]
 
 Same work on both sides: SmolLM2-135M-Instruct in float32 (the shipped GGUF,
