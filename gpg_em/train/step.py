@@ -11,6 +11,11 @@ accumulates the gradient; memory grows with the micro-batch, not the batch,
 and the loss and metrics are evaluated once on the assembled [B, N] arrays,
 with the full batch's normalisers. A loss that couples rows through the
 log-probs would break this: `tests/test_update_step.py` checks the identity.
+
+With `prompt_group_size` = G the G rows of a group share one prompt forward
+and, with `pack`, their completions are computed end to end without padding
+(`gpg_em.models.shared_prefix`); both are exact (`tests/test_shared_prefix.py`),
+and a micro-batch then holds whole groups.
 """
 from __future__ import annotations
 
