@@ -76,13 +76,12 @@ def completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt_mask_Bx
                             temperature=temperature, chunk_size=chunk_size)
 
 
-def _unpack(values_nxL, pack_index_nxL, G: int, N: int):
-    """[n, L] packed values -> [n * G, N] rows (positions not packed read slot 0: mask them)."""
+def _unpack_slots(pack_index_nxL, G: int, N: int):
+    """slot [n, G * N]: the packed slot of each row position (positions not packed read slot 0: mask them)."""
     n, L = pack_index_nxL.shape
     target = jnp.where(pack_index_nxL >= 0, pack_index_nxL, G * N)  # empty slots scatter out of bounds: dropped
-    slot = jnp.zeros((n, G * N), jnp.int32).at[jnp.arange(n)[:, None], target].set(
+    return jnp.zeros((n, G * N), jnp.int32).at[jnp.arange(n)[:, None], target].set(
         jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (n, L)), mode="drop")
-    return jnp.take_along_axis(values_nxL, slot, axis=1).reshape(n * G, N)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "group_size", "temperature", "chunk_size", "remat"))
@@ -111,4 +110,6 @@ def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt
     prev = jnp.concatenate([h_last[:, None], h_c[:, :-1]], axis=1)
     h = jnp.where((pos == 0)[..., None], h_last[:, None], prev)
     logp, ent = chunked_logprobs(h, head_weight(params, cfg), tokens, temperature=temperature, chunk_size=chunk_size)
-    return _unpack(logp, index, G, N), _unpack(ent, index, G, N)
+    slot = _unpack_slots(index, G, N)
+    unpack = lambda values_nxL: jnp.take_along_axis(values_nxL, slot, axis=1).reshape(B, N)
+    return unpack(logp), unpack(ent)

@@ -29,14 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpg_em.models.config import ModelConfig
+from gpg_em.models.decoder import _dtype
 from gpg_em.models.model import positions_from_mask
 from gpg_em.models.rope import apply_rope, inverse_frequencies
 
 _NEG = -1e30
-
-
-def _dtype(cfg: ModelConfig):
-    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
 def _norm(x, scale, eps, dt):

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from gpg_em.models.config import ModelConfig
-from gpg_em.models.decoder import LayerCache
+from gpg_em.models.decoder import LayerCache, _dtype
 from gpg_em.models.rope import inverse_frequencies
 
 _NEG = -1e30  # as the decoder: finite, so a fully masked row is uniform rather than NaN
@@ -40,10 +40,6 @@ class KVCache(NamedTuple):
     prompt_v: jnp.ndarray  # [n, KVH, P, Dh]
     gen_k_t: jnp.ndarray  # [n, KVH, G, Dh, N]
     gen_v: jnp.ndarray  # [n, KVH, G, N, Dh]
-
-
-def _dtype(cfg: ModelConfig):
-    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
 def from_prefill_cache(cache: list[LayerCache], num_samples: int, max_new_tokens: int) -> list[KVCache]:

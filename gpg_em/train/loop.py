@@ -42,6 +42,7 @@ class Trainer:
         self.rewards = build_rewards(c.reward.fn, c.reward.weights, c.reward.options.to_dict())
         train_source, eval_source = make_source(c.data.source), make_source(c.data.eval_source)
         self.run: Run = build_run(c)
+        self._timing = dict(sample_seconds=0.0, reward_seconds=0.0, logprob_seconds=0.0)  # of the current step
         # Multi-host: every process walks the same prompt order and keeps its own rows of each batch.
         self.rows = process_slice(self.run.mesh, c.rollout.prompts_per_step)
         self.sampler = process_sampler(self.run.sampler, c.rollout.prompts_per_step)
@@ -92,7 +93,7 @@ class Trainer:
         width = agree_max(batch["prompt_ids"].shape[1])
         local = {k: left_pad_to(batch[k], width) if k.startswith("prompt") else batch[k] for k in BATCH_KEYS}
         arrays = global_batch(local, self.run.mesh, self.c.rollout.prompts_per_step * self.spec.group_size)
-        if self.c.train.share_prompts and self.c.train.pack and self.spec.group_size > 1:
+        if self.run.step_config.pack:
             arrays["pack_index"] = self.pack_index(batch["completion_mask"])
         return arrays
 
@@ -103,7 +104,7 @@ class Trainer:
         return replicated_array(packing_index(mask, G, width), self.run.mesh)
 
     def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        if self.c.train.share_prompts and self.spec.group_size > 1:
+        if self.run.step_config.prompt_group_size > 1:
             check_groups_share_prompts(batch["prompt_ids"], self.spec.group_size)
         arrays = self.global_arrays(batch)
         obj = self.run.objective

@@ -27,7 +27,7 @@ from gpg_em.rollout.sampler import prompt_bucket
 from gpg_em.rollout.sampling import SamplingConfig
 from gpg_em.rollout.sharded import ShardedSampler
 from gpg_em.train.optim import OptimConfig, make_optimizer
-from gpg_em.train.setup import BATCH_KEYS, build_objective, model_config, needs_old_logprobs
+from gpg_em.train.setup import batch_keys, build_objective, model_config
 from gpg_em.train.state import TrainState, state_shardings
 from gpg_em.train.step import StepConfig, jit_update_step
 
@@ -42,11 +42,13 @@ def device_bytes(abstract, shardings) -> int:
 
 
 def _batch(c, keys):
-    """Abstract training batch: B = prompts_per_step * group_size rows, prompts at the longest bucket."""
-    B, P, N = c.rollout.prompts_per_step * c.rollout.group_size, prompt_bucket(c.data.max_prompt_tokens), \
-        c.rollout.max_new_tokens
-    shape = lambda k: (B,) if k == "rewards" else (B, P) if k.startswith("prompt") else (B, N)
-    dtype = lambda k: jnp.int32 if k.endswith(("_ids", "_mask")) else jnp.float32
+    """Abstract training batch: B = prompts_per_step * group_size rows, prompts at the longest bucket,
+    completions packed at the widest width (every completion at its maximum length)."""
+    G, N = c.rollout.group_size, c.rollout.max_new_tokens
+    B, P = c.rollout.prompts_per_step * G, prompt_bucket(c.data.max_prompt_tokens)
+    widths = {"rewards": (B,), "pack_index": (B // G, G * N)}
+    shape = lambda k: widths.get(k, (B, P) if k.startswith("prompt") else (B, N))
+    dtype = lambda k: jnp.int32 if k.endswith(("_ids", "_mask", "_index")) else jnp.float32
     return {k: jax.ShapeDtypeStruct(shape(k), dtype(k)) for k in keys}
 
 
@@ -57,9 +59,8 @@ def plan_update(c, cfg, params, mesh) -> dict[str, int]:
     shardings = state_shardings(cfg, tx, params, mesh)
     state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                        opt_state=jax.eval_shape(tx.init, params))
-    keys = BATCH_KEYS + (("old_logprobs",) if needs_old_logprobs(c, objective) else ()) + (
-        ("ref_logprobs",) if objective.kl_coef > 0 else ())
     sc = StepConfig.from_config(c, objective)
+    keys = batch_keys(c, objective, sc)
     step = jit_update_step(cfg, sc, tx, schedule, mesh, shardings, keys)
     m = step.lower(state, _batch(c, keys), jax.random.PRNGKey(0)).compile().memory_analysis()
     p, o = device_bytes(params, shardings.params), device_bytes(state.opt_state, shardings.opt_state)

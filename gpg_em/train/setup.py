@@ -78,6 +78,7 @@ class Run:
     logprobs: Any  # jitted (params, batch) -> logp [B, N]
     schedule: Any
     sampler: Any  # rollout.sharded.ShardedSampler on the mesh
+    step_config: StepConfig
 
 
 def check_process_batch(c, mesh) -> None:
@@ -87,6 +88,13 @@ def check_process_batch(c, mesh) -> None:
         raise ConfigError(f"config key rollout.prompts_per_step: {c.rollout.prompts_per_step} prompts do not split "
                           f"over data*fsdp = {shards} batch shards of mesh.shape {tuple(c.mesh.shape)} across "
                           f"{jax.process_count()} processes")
+
+
+def batch_keys(c, objective: Objective, sc: StepConfig) -> tuple[str, ...]:
+    """The arrays an update batch carries for this run."""
+    return BATCH_KEYS + (("pack_index",) if sc.pack else ()) + (
+        ("old_logprobs",) if needs_old_logprobs(c, objective) else ()) + (
+        ("ref_logprobs",) if objective.kl_coef > 0 else ())
 
 
 def use_compilation_cache(path: str) -> None:
@@ -110,12 +118,10 @@ def build_run(c) -> Run:
         model = dataclasses.replace(model, params=jax.tree.map(lambda x: x.copy(), model.params))
     state, shardings = create_state(model.params, model.config, tx, mesh)
     sc = StepConfig.from_config(c, objective)
-    keys = BATCH_KEYS + (("pack_index",) if sc.pack else ()) + (
-        ("old_logprobs",) if needs_old_logprobs(c, objective) else ()) + (
-        ("ref_logprobs",) if objective.kl_coef > 0 else ())
+    keys = batch_keys(c, objective, sc)
     update = jit_update_step(model.config, sc, tx, schedule, mesh, shardings, keys)
     logprobs = jit_logprobs(model.config, sc, mesh, shardings.params)
     if objective.kl_coef <= 0:
         model = dataclasses.replace(model, params=None)  # no reference model is kept
     return Run(model, objective, mesh, state, shardings, update, logprobs, schedule,
-               ShardedSampler(model.config, mesh, shardings.params))
+               ShardedSampler(model.config, mesh, shardings.params), sc)
