@@ -19,7 +19,7 @@ adaptive temperature) come from `experiments/study_decoding.sh`.
 
 GRID = {
     "root": "runs/study",
-    "seeds": [0],
+    "seeds": [0, 1, 2],
     "fixed": {"total_steps": 8, "eval_every": 8, "checkpoint_every": 8,
               "rollout.prompts_per_step": 4, "rollout.group_size": 4, "rollout.max_new_tokens": 64,
               "eval.num_prompts": 32, "eval.max_new_tokens": 64, "optim.learning_rate": 1e-5,
