@@ -1,6 +1,6 @@
 """GPU figures: the RL-step benchmark's work on a Qwen2.5-0.5B-sized random-weight policy in bfloat16.
 
-    python benchmarks/gpu.py [--steps 5] [--warmup 2] [--sampler-batches 4x8,64x8] [--json FILE]
+    python benchmarks/gpu.py [--steps 5] [--warmup 2] [--prompts 4] [--sampler-batches 4x8,64x8] [--json FILE]
 
 Three measurements in one process, on whatever accelerator JAX sees (it
 also runs on a CPU, slowly, with `--small` dimensions for a smoke test):
@@ -14,7 +14,8 @@ also runs on a CPU, slowly, with `--small` dimensions for a smoke test):
    same prompt ids, same count of tokens.
 2. One full RL step, as `benchmarks/train_step.py` runs it (GRPO objective,
    beta 0, one update per step, 4 prompts x 8 samples of reasoning-gym
-   chain_sum, <= 128 new tokens, T = 1, byte tokenizer): median step time
+   chain_sum, <= 128 new tokens, T = 1, byte tokenizer; `--prompts` changes
+   the 4): median step time
    after `--warmup` steps and the split.
 3. MFU: useful FLOPs per step, 2 x (matmul parameters) per generated token
    plus 6 x (matmul parameters) per trained token, over the median step
@@ -50,6 +51,7 @@ NOMINAL_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, SX
 def config(a):
     import ml_collections
     c = gpg_em_config(a.new_tokens)
+    c.rollout.prompts_per_step = a.prompts
     c.model.name, c.model.dtype = "tiny", "bfloat16"
     c.model.tiny = ml_collections.ConfigDict(SMALL if a.small else QWEN25_05B)
     c.data.max_prompt_tokens = 1024  # byte tokens: chain_sum prompts are ~300-500 bytes
@@ -160,6 +162,7 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--prompts", type=int, default=4, help="prompts per RL step (8 samples each)")
     p.add_argument("--sampler-batches", default="4x8,64x8", help="prompts x samples, comma-separated")
     p.add_argument("--prompt-len", type=int, default=400, help="sampler prompts: lengths in [len/2, len]")
     p.add_argument("--repeats", type=int, default=5)

@@ -98,7 +98,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     """Refuses impossible settings, naming the key."""
     _require(c.algorithm in ALGORITHMS, "algorithm", f"{c.algorithm!r} is not one of {list(ALGORITHMS)}")
     for key in ("total_steps", "checkpoint_every", "eval_every", "rollout.prompts_per_step",
-                "rollout.group_size", "rollout.max_new_tokens", "eval.num_prompts", "eval.max_new_tokens"):
+                "rollout.group_size", "rollout.max_new_tokens", "rollout.min_prompt_width", "eval.num_prompts", "eval.max_new_tokens"):
         value = c[key.split(".")[0]] if "." not in key else c[key.split(".")[0]][key.split(".")[1]]
         _require(isinstance(value, int) and value >= 1, key, f"must be a positive integer, got {value!r}")
     grouped = c.algorithm != "em_ft"
@@ -128,6 +128,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.model.dtype in ("float32", "bfloat16"), "model.dtype", f"{c.model.dtype!r} is not float32 or bfloat16")
     _require(c.rollout.temperature > 0, "rollout.temperature", f"must be > 0, got {c.rollout.temperature}")
     _require(0 < c.rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {c.rollout.top_p}")
+    _require(isinstance(c.host_mmap_threshold, int) and c.host_mmap_threshold >= 0, "host_mmap_threshold",
+             f"must be a byte count >= 0 (0: glibc's default), got {c.host_mmap_threshold!r}")
     shape = c.mesh.shape
     _require(isinstance(shape, (tuple, list)) and len(shape) == 3 and all(isinstance(s, int) for s in shape)
              and all(s >= 1 or s == -1 for s in shape) and list(shape).count(-1) <= 1, "mesh.shape",

@@ -190,8 +190,19 @@ def test_early_exit_when_all_rows_stopped():
 def test_prompt_bucket():
     assert [prompt_bucket(n) for n in (1, 15, 16, 17, 32, 33, 100, 129, 1000)] == \
         [16, 16, 16, 32, 32, 64, 128, 256, 1024]
+    assert [prompt_bucket(n, 128) for n in (1, 100, 128, 129, 300)] == [128, 128, 128, 256, 512]
     with pytest.raises(ValueError):
         prompt_bucket(0)
+
+
+def test_wider_prompt_padding_changes_nothing():
+    """min_prompt_width pads prompts further left: the same greedy tokens and log-probs (pads are masked)."""
+    model = tiny()
+    base = generate(model, PROMPT_IDS, max_new_tokens=8, greedy=True, stop_token_ids=[])
+    wide = generate(model, PROMPT_IDS, max_new_tokens=8, greedy=True, stop_token_ids=[], min_prompt_width=64)
+    assert base.prompt_ids.shape[1] == 32 and wide.prompt_ids.shape[1] == 64
+    np.testing.assert_array_equal(base.tokens, wide.tokens)
+    np.testing.assert_allclose(base.logprobs, wide.logprobs, atol=1e-5)
 
 
 def test_bucketing_bounds_compiled_shapes():

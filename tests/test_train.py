@@ -114,6 +114,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     (("data.source.task", "no_such_task"), "no_such_task"),
     (("algorithm", "ppo"), "algorithm"),
     (("rollout.gropu_size", "4"), "rollout.group_size"),
+    (("rollout.min_prompt_width", "0"), "rollout.min_prompt_width"),
 ])
 def test_bad_config_is_refused_with_the_key(tmp_path, override, needle):
     if needle is None:

@@ -163,6 +163,11 @@ def packed_width(completion_mask_BxN, G: int, multiple: int) -> int:
     return min(G * N, -(-most // multiple) * multiple)
 
 
+def stacked_layers(params, num_layers: int):
+    """The layers' parameters stacked on a leading [num_layers] axis (a copy), for `lax.scan`."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"layers_{i}"] for i in range(num_layers)])
+
+
 def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_nxP, tokens_nxL, row_nxL, pos_nxL,
                          *, window: int, remat: bool = False):
     """Final-norm hidden states: (last prompt slot [n, D], packed completion slots [n, L, D]).
@@ -184,7 +189,9 @@ def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_n
     embed = lambda ids: jnp.take(params["embed"], ids, axis=0).astype(dt)
     x_p, x_c = embed(prompt_ids_nxP), embed(tokens_nxL)
     layer = jax.checkpoint(block, static_argnums=(1,)) if remat else block
-    for i in range(cfg.num_layers):
-        x_p, x_c = layer(params[f"layers_{i}"], cfg, x_p, x_c, pos_p, pos_c, allowed_p, pmask, allowed_c)
+
+    def body(x, lp):
+        return layer(lp, cfg, *x, pos_p, pos_c, allowed_p, pmask, allowed_c), None
+    (x_p, x_c), _ = jax.lax.scan(body, (x_p, x_c), stacked_layers(params, cfg.num_layers))
     scale = params["final_norm"]["scale"]
     return _norm(x_p[:, -1], scale, eps, dt), _norm(x_c, scale, eps, dt)

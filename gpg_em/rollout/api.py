@@ -16,7 +16,7 @@ import numpy as np
 from gpg_em.models.model import Model
 from gpg_em.rollout.adaptive_temperature import AdaptiveTemperatureConfig
 from gpg_em.rollout.em_inf import EMInfConfig
-from gpg_em.rollout.sampler import left_pad, sample
+from gpg_em.rollout.sampler import MIN_BUCKET, left_pad, sample
 from gpg_em.rollout.sampling import SamplingConfig
 
 
@@ -73,13 +73,15 @@ def generate(model: Model, prompts: Sequence, *, max_new_tokens: int, num_sample
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False, seed: int = 0,
              chat_template: bool = True, em_inf: EMInfConfig | None = None,
              adaptive_temperature: AdaptiveTemperatureConfig | None = None,
-             stop_token_ids: Sequence[int] | None = None, sampler=None) -> GenerationResult:
+             stop_token_ids: Sequence[int] | None = None, sampler=None,
+             min_prompt_width: int = MIN_BUCKET) -> GenerationResult:
     """Samples `num_samples` completions of up to `max_new_tokens` tokens for each prompt.
 
     `prompts`: strings (chat template applied when `chat_template`) or
     token-id lists. `stop_token_ids`: None = the model's EOS ids, [] = never
     stop early. Log-prob/entropy definitions: `gpg_em.rollout.sampling`.
     `sampler`: a function like `sample` (default), e.g. `sharded.process_sampler` on a mesh.
+    `min_prompt_width`: prompts are left-padded to `prompt_bucket(longest, min_prompt_width)`.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -88,7 +90,7 @@ def generate(model: Model, prompts: Sequence, *, max_new_tokens: int, num_sample
     sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
                               stop_token_ids=stop, pad_token_id=_pad_id(model, stop), em_inf=em_inf,
                               adaptive_temperature=adaptive_temperature)
-    prompt_ids, prompt_mask = left_pad(ids, sampling.pad_token_id)
+    prompt_ids, prompt_mask = left_pad(ids, sampling.pad_token_id, min_width=min_prompt_width)
     out = (sampler or sample)(model.params, prompt_ids, prompt_mask, jax.random.PRNGKey(seed), cfg=model.config,
                  sampling=sampling, max_new_tokens=max_new_tokens, num_samples=num_samples)
     tokens, mask, logprobs, entropies = (np.asarray(a) for a in jax.device_get(out))

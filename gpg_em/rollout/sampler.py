@@ -39,23 +39,25 @@ from gpg_em.rollout.state import DecodeState, SampleOutput
 MIN_BUCKET = 16
 
 
-def prompt_bucket(length: int) -> int:
-    """Padded prompt width: the next power of two, at least 16.
+def prompt_bucket(length: int, minimum: int = MIN_BUCKET) -> int:
+    """Padded prompt width: the next power of two, at least `minimum` (16).
 
     At most 2x padding (which only the prefill and the attention over the
     prompt slots pay for) and log2(max_len / 8) compiled shapes in all:
     16, 32, 64, 128, 256, ... Every prompt length in (2^(k-1), 2^k] shares
-    the shape 2^k.
+    the shape 2^k. A larger `minimum` (the trainer's `rollout.min_prompt_width`)
+    puts every prompt up to that length in one shape.
     """
     if length < 1:
         raise ValueError(f"prompt length must be >= 1, got {length}")
-    return max(MIN_BUCKET, 1 << (int(length) - 1).bit_length())
+    return max(minimum, 1 << (int(length) - 1).bit_length())
 
 
-def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None):
-    """(ids [n, width] int32, mask [n, width] int32), prompts right-aligned; width = prompt_bucket(longest)."""
+def left_pad(prompts: list[list[int]], pad_id: int, width: int | None = None, min_width: int = MIN_BUCKET):
+    """(ids [n, width] int32, mask [n, width] int32), prompts right-aligned;
+    width = prompt_bucket(longest, min_width) unless given."""
     longest = max(len(p) for p in prompts)
-    width = prompt_bucket(longest) if width is None else width
+    width = prompt_bucket(longest, min_width) if width is None else width
     if longest > width:
         raise ValueError(f"a prompt has {longest} tokens, more than the padded width {width}")
     ids = np.full((len(prompts), width), pad_id, np.int32)

@@ -21,7 +21,7 @@ from gpg_em.parallel import (agree_any, agree_max, gather_host_rows, global_batc
                              process_slice, replicated_array)
 from gpg_em.rewards import build_rewards
 from gpg_em.rollout.sharded import process_sampler
-from gpg_em.train import checkpoint as ckpt
+from gpg_em.train import checkpoint as ckpt, host_memory
 from gpg_em.train.evaluate import evaluate
 from gpg_em.train.metrics import MetricsWriter, NullWriter
 from gpg_em.train.resampling import assemble_batch, needs_more
@@ -55,7 +55,8 @@ class Trainer:
                                       length_fn=length_fn, max_prompt_tokens=c.data.max_prompt_tokens)
         self.eval_entries = [eval_source[i] for i in range(min(c.eval.num_prompts, len(eval_source)))]
         self.spec = RolloutSpec(c.rollout.group_size, c.rollout.max_new_tokens, c.rollout.temperature,
-                                c.rollout.top_p, c.rollout.top_k)
+                                c.rollout.top_p, c.rollout.top_k,
+                                min_prompt_width=c.rollout.min_prompt_width)
         self.em_rl = dict(kind=c.em.rl_kind, reduction=c.em.rl_reduction) if c.algorithm == "em_rl" else None
         os.makedirs(workdir, exist_ok=True)
         self.checkpoints = ckpt.manager(workdir, c.keep_checkpoints)
@@ -121,12 +122,14 @@ class Trainer:
         self._timing = dict(sample_seconds=0.0, reward_seconds=0.0, logprob_seconds=0.0)
         t0 = time.perf_counter()
         batch, info = self.collect(step)
+        host_memory.trim()
         t1 = time.perf_counter()
         arrays = self.train_batch(batch)
         epochs = self.c.ppo.inner_epochs if self.run.objective.uses_ratio else 1
         for epoch in range(epochs):
             self.run.state, metrics = self.run.update(self.run.state, arrays, jax.random.PRNGKey(step))
         metrics = jax.device_get(metrics)
+        host_memory.trim()
         t2 = time.perf_counter()
         record = {"kind": "train", "step": step + 1, **{k: float(v) for k, v in metrics.items()},
                   "task_reward_mean": float(np.mean(batch["task_rewards"])),

@@ -45,7 +45,7 @@ def _batch(c, keys):
     """Abstract training batch: B = prompts_per_step * group_size rows, prompts at the longest bucket,
     completions packed at the widest width (every completion at its maximum length)."""
     G, N = c.rollout.group_size, c.rollout.max_new_tokens
-    B, P = c.rollout.prompts_per_step * G, prompt_bucket(c.data.max_prompt_tokens)
+    B, P = c.rollout.prompts_per_step * G, prompt_bucket(c.data.max_prompt_tokens, c.rollout.min_prompt_width)
     widths = {"rewards": (B,), "pack_index": (B // G, G * N)}
     shape = lambda k: widths.get(k, (B, P) if k.startswith("prompt") else (B, N))
     dtype = lambda k: jnp.int32 if k.endswith(("_ids", "_mask", "_index")) else jnp.float32
@@ -77,7 +77,7 @@ def plan_sampler(c, cfg, params, mesh) -> dict[str, int]:
     n, G, N = c.rollout.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens
     sampling = SamplingConfig(temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
                               stop_token_ids=cfg.eos_token_ids)
-    ids = jax.ShapeDtypeStruct((n, prompt_bucket(c.data.max_prompt_tokens)), jnp.int32)
+    ids = jax.ShapeDtypeStruct((n, prompt_bucket(c.data.max_prompt_tokens, c.rollout.min_prompt_width)), jnp.int32)
     pre, dec, s_shard, _ = sampler.jitted(sampling, N, G, *ids.shape)
     rng = jax.random.PRNGKey(0)
     state = jax.eval_shape(pre, params, ids, ids, rng)

@@ -26,6 +26,7 @@ class RolloutSpec:
     top_p: float = 1.0
     top_k: int = 0
     greedy: bool = False
+    min_prompt_width: int = 16  # prompts pad to prompt_bucket(longest, this): fewer compiled shapes
 
 
 def _pad_to(x: np.ndarray, width: int, left: bool, value=0) -> np.ndarray:
@@ -46,7 +47,8 @@ def sample_round(model: Model, prompt_texts: Sequence[str], spec: RolloutSpec, s
     """Samples G completions per prompt; arrays padded to max_new_tokens. `sampler`: see `generate`."""
     out = generate(model, encode_texts(model.tokenizer, prompt_texts), max_new_tokens=spec.max_new_tokens, num_samples=spec.group_size,
                    temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k, greedy=spec.greedy,
-                   seed=seed, chat_template=False, sampler=sampler)
+                   seed=seed, chat_template=False, sampler=sampler,
+                   min_prompt_width=spec.min_prompt_width)
     N = spec.max_new_tokens
     return {
         "prompt_ids": np.asarray(out.prompt_ids, np.int32),
