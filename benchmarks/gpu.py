@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import COMPILE_EVENT, gpg_em_config, matmul_params  # noqa: E402
+from train_step import COMPILE_EVENT, gpg_em_config, matmul_params, matmul_peak  # noqa: E402
 
 # Qwen2.5-0.5B: hidden 896, 24 layers, 14 query / 2 KV heads of 64, MLP 4864, vocab 151936, q/k/v bias, tied head
 QWEN25_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
@@ -56,20 +56,6 @@ def config(a):
     c.model.tiny = ml_collections.ConfigDict(SMALL if a.small else QWEN25_05B)
     c.data.max_prompt_tokens = 1024  # byte tokens: chain_sum prompts are ~300-500 bytes
     return c
-
-
-def bf16_peak(n: int) -> float:
-    import jax
-    import jax.numpy as jnp
-    x = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
-    f = jax.jit(jnp.dot)
-    f(x, x).block_until_ready()
-    ts = []
-    for _ in range(10):
-        t = time.perf_counter()
-        f(x, x).block_until_ready()
-        ts.append(time.perf_counter() - t)
-    return 2 * n ** 3 / float(np.median(ts))
 
 
 def sampler_figures(model, prompts_x_samples: str, a) -> dict:
@@ -183,7 +169,7 @@ def main():
     gen = float(np.median([s["completion_tokens"] for s in timed]))
     trained = float(np.median([s["trained_tokens"] for s in timed]))
     flops = 2 * st["matmul_params"] * gen + 6 * st["matmul_params"] * trained
-    peak = bf16_peak(1024 if a.small else 8192)
+    peak = matmul_peak(1024 if a.small else 8192, "bfloat16", reps=10)
     nominal = next((v * 1e12 for k, v in NOMINAL_BF16_TFLOPS.items() if k in name), None)
     out["step"] = dict(median_s=med, split=split, generated_tokens=gen, trained_tokens=trained,
                        useful_tflop=flops / 1e12, measured_bf16_peak_tflops=peak / 1e12,

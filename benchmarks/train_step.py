@@ -52,19 +52,19 @@ def gpg_em_config(new_tokens: int):
     return c
 
 
-def matmul_peak() -> float:
-    """FLOP/s of a 2048^3 float32 product in JAX (median of 5)."""
+def matmul_peak(n: int = 2048, dtype: str = "float32", reps: int = 5) -> float:
+    """FLOP/s of an n^3 product of random `dtype` matrices in JAX (median of `reps`, after a warm-up)."""
     import jax
     import jax.numpy as jnp
-    a = jnp.ones((2048, 2048), jnp.float32)
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
     f = jax.jit(jnp.dot)
     f(a, a).block_until_ready()
     times = []
-    for _ in range(5):
+    for _ in range(reps):
         t = time.perf_counter()
         f(a, a).block_until_ready()
         times.append(time.perf_counter() - t)
-    return 2 * 2048 ** 3 / float(np.median(times))
+    return 2 * n ** 3 / float(np.median(times))
 
 
 def matmul_params(cfg) -> int:
