@@ -35,8 +35,9 @@ def _batch(seed=0, n=2):
 
 
 @pytest.mark.parametrize("variant", [{}, {"qkv_bias": True, "tie_embeddings": True}, {"qk_norm": True}])
-@pytest.mark.parametrize("remat,packed", [(False, False), (True, False), (False, True)])
-def test_values_and_gradients_match_per_row_forward(variant, remat, packed):
+@pytest.mark.parametrize("remat,packed,scan", [(False, False, True), (True, False, True), (False, True, True),
+                                               (True, True, True), (False, True, False), (True, True, False)])
+def test_values_and_gradients_match_per_row_forward(variant, remat, packed, scan):
     cfg = _cfg(**variant)
     params = init_params(cfg, jax.random.PRNGKey(1))
     prompt, pmask, comp, cmask = _batch()
@@ -51,7 +52,8 @@ def test_values_and_gradients_match_per_row_forward(variant, remat, packed):
     ref = loss(lambda p: completion_logprobs(p, cfg, prompt, pmask, comp, cmask, temperature=0.7, chunk_size=4))
     index = packing_index(cmask, G, width=cmask.reshape(-1, G * N).sum(1).max() + 2) if packed else None
     ours = loss(lambda p: grouped_completion_logprobs(p, cfg, prompt, pmask, comp, index, group_size=G,
-                                                      temperature=0.7, chunk_size=4, remat=remat))
+                                                      temperature=0.7, chunk_size=4, remat=remat,
+                                                      scan_layers=scan))
     (l_ref, (lp_ref, h_ref)), g_ref = jax.value_and_grad(ref, has_aux=True)(params)
     (l_ours, (lp_ours, h_ours)), g_ours = jax.value_and_grad(ours, has_aux=True)(params)
     m = cmask.astype(bool)

@@ -84,10 +84,11 @@ def _unpack_slots(pack_index_nxL, G: int, N: int):
         jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (n, L)), mode="drop")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "group_size", "temperature", "chunk_size", "remat"))
+@functools.partial(jax.jit, static_argnames=("cfg", "group_size", "temperature", "chunk_size", "remat",
+                                                  "scan_layers"))
 def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt_mask_BxP, completion_ids_BxN,
                                 pack_index_nxL=None, *, group_size: int, temperature: float = 1.0,
-                                chunk_size: int = 128, remat: bool = False):
+                                chunk_size: int = 128, remat: bool = False, scan_layers: bool = True):
     """`completion_logprobs` for rows in groups of `group_size` sharing a prompt, each prompt computed once.
 
     Rows b = i * G + g (prompt-major, as the sampler orders them); only row
@@ -105,7 +106,7 @@ def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt
     tokens = jnp.take_along_axis(completion_ids_BxN.reshape(n, G * N), safe, axis=1)
     row, pos = jnp.where(index >= 0, index // N, -1), safe % N
     h_last, h_c = shared_prefix_hidden(params, cfg, prompt_ids_BxP[::G], prompt_mask_BxP[::G], tokens, row, pos,
-                                       window=N, remat=remat)
+                                       window=N, remat=remat, scan_layers=scan_layers)
     # slot t is predicted by slot t-1 of its row, a row's first token by the prompt's last slot
     prev = jnp.concatenate([h_last[:, None], h_c[:, :-1]], axis=1)
     h = jnp.where((pos == 0)[..., None], h_last[:, None], prev)

@@ -169,7 +169,7 @@ def stacked_layers(params, num_layers: int):
 
 
 def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_nxP, tokens_nxL, row_nxL, pos_nxL,
-                         *, window: int, remat: bool = False):
+                         *, window: int, remat: bool = False, scan_layers: bool = True):
     """Final-norm hidden states: (last prompt slot [n, D], packed completion slots [n, L, D]).
 
     Packed slot t of group i holds token `tokens[i, t]` of row `row[i, t]`
@@ -177,7 +177,12 @@ def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_n
     a row's tokens are contiguous, in order and at most `window` long (L a
     multiple of `window`: the completion maximum N). `remat` recomputes each
     layer's activations in the backward pass (`jax.checkpoint` per layer):
-    memory O(one layer) instead of O(all layers).
+    memory O(one layer) instead of O(all layers). `scan_layers` runs the
+    layers in a `lax.scan` over their stacked parameters: traced and compiled
+    once instead of num_layers times, and with `remat` the backward pass
+    recomputes one layer at a time (unrolled, XLA may schedule every layer's
+    recomputation at once, which keeps most of the memory remat should save).
+    Unrolled without remat is the fastest on a CPU (no stacked copy).
     """
     dt, eps = _dtype(cfg), cfg.rms_norm_eps
     P = prompt_ids_nxP.shape[1]
@@ -192,6 +197,10 @@ def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_n
 
     def body(x, lp):
         return layer(lp, cfg, *x, pos_p, pos_c, allowed_p, pmask, allowed_c), None
-    (x_p, x_c), _ = jax.lax.scan(body, (x_p, x_c), stacked_layers(params, cfg.num_layers))
+    if scan_layers:
+        (x_p, x_c), _ = jax.lax.scan(body, (x_p, x_c), stacked_layers(params, cfg.num_layers))
+    else:
+        for i in range(cfg.num_layers):
+            (x_p, x_c), _ = body((x_p, x_c), params[f"layers_{i}"])
     scale = params["final_norm"]["scale"]
     return _norm(x_p[:, -1], scale, eps, dt), _norm(x_c, scale, eps, dt)

@@ -44,6 +44,7 @@ class StepConfig:
     # (gpg_em.models.shared_prefix); 0 or 1: every row's prompt is computed.
     prompt_group_size: int = 0
     remat: bool = False  # recompute each layer in the backward pass (grouped forward only)
+    scan_layers: bool = True  # grouped forward only: the layers in a lax.scan (shared_prefix_hidden)
     # grouped forward only: batches carry `pack_index` [n, L] and each group's valid completion
     # tokens are computed end to end, without the padding after each row's stop token
     pack: bool = False
@@ -52,7 +53,7 @@ class StepConfig:
     def from_config(cls, c, objective: Objective) -> "StepConfig":
         """The step options of a run config (train.*, rollout.temperature / group_size)."""
         return cls(objective, micro_batch_size=c.train.micro_batch_size, temperature=c.rollout.temperature,
-                   chunk_size=c.train.chunk_size, remat=c.train.remat,
+                   chunk_size=c.train.chunk_size, remat=c.train.remat, scan_layers=c.train.scan_layers,
                    prompt_group_size=c.rollout.group_size if c.train.share_prompts else 0,
                    pack=bool(c.train.share_prompts and c.train.pack and c.rollout.group_size > 1))
 
@@ -72,21 +73,22 @@ def _split(rows, parts: int) -> dict:
 
 
 def _row_logprobs(params, cfg: ModelConfig, rows, *, temperature: float, chunk_size: int, prompt_group_size: int,
-                  remat: bool):
+                  remat: bool, scan_layers: bool):
     """(logp, entropy) [B, N] of some rows, prompts shared per group when prompt_group_size > 1."""
     if prompt_group_size > 1:
         return grouped_completion_logprobs(params, cfg, rows["prompt_ids"], rows["prompt_mask"],
                                            rows["completion_ids"], rows.get("pack_index"), group_size=prompt_group_size,
-                                           temperature=temperature, chunk_size=chunk_size, remat=remat)
+                                           temperature=temperature, chunk_size=chunk_size, remat=remat,
+                                           scan_layers=scan_layers)
     return completion_logprobs(params, cfg, rows["prompt_ids"], rows["prompt_mask"], rows["completion_ids"],
                                rows["completion_mask"], temperature=temperature, chunk_size=chunk_size)
 
 
 def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, temperature: float,
-                   chunk_size: int, prompt_group_size: int = 0, remat: bool = False):
+                   chunk_size: int, prompt_group_size: int = 0, remat: bool = False, scan_layers: bool = True):
     """(logp, entropy) [B, N] of the batch's completions, micro-batch by micro-batch."""
     one = lambda p, rows: _row_logprobs(p, cfg, rows, temperature=temperature, chunk_size=chunk_size,
-                                        prompt_group_size=prompt_group_size, remat=remat)
+                                        prompt_group_size=prompt_group_size, remat=remat, scan_layers=scan_layers)
     rows = _rows(batch)
     B = rows["prompt_ids"].shape[0]
     mb = micro_batch_size or B
@@ -104,7 +106,7 @@ def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, te
 
 def _sc_options(sc: StepConfig) -> dict:
     return dict(temperature=sc.temperature, chunk_size=sc.chunk_size, prompt_group_size=sc.prompt_group_size,
-                remat=sc.remat)
+                remat=sc.remat, scan_layers=sc.scan_layers)
 
 
 def loss_fn(params, cfg: ModelConfig, sc: StepConfig, batch):
