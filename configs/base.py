@@ -17,6 +17,7 @@ def get_config():
     c.compilation_cache_dir = "~/.cache/gpg_em/xla"
     # glibc's mmap threshold in bytes (gpg_em/train/host_memory.py): buffers at least this large are
     # returned to the system when freed, so host RSS follows the live set; 0 keeps glibc's default.
+    # (The loop also calls malloc_trim after sampling and after the update, whatever this is.)
     c.host_mmap_threshold = 1 << 20
     c.total_steps = 20
     c.checkpoint_every = 10
