@@ -98,7 +98,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     """Refuses impossible settings, naming the key."""
     _require(c.algorithm in ALGORITHMS, "algorithm", f"{c.algorithm!r} is not one of {list(ALGORITHMS)}")
     for key in ("total_steps", "checkpoint_every", "eval_every", "rollout.prompts_per_step",
-                "rollout.group_size", "rollout.max_new_tokens", "rollout.min_prompt_width", "eval.num_prompts", "eval.max_new_tokens"):
+                "rollout.group_size", "rollout.max_new_tokens", "rollout.min_prompt_width", "eval.num_prompts",
+                "eval.max_new_tokens"):
         value = c[key.split(".")[0]] if "." not in key else c[key.split(".")[0]][key.split(".")[1]]
         _require(isinstance(value, int) and value >= 1, key, f"must be a positive integer, got {value!r}")
     grouped = c.algorithm != "em_ft"

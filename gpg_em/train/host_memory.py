@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 M_MMAP_THRESHOLD = -3  # <malloc.h>
 
 
+@functools.cache
 def _libc():
+    """The C library, loaded once (find_library runs ldconfig); None without glibc's mallopt/malloc_trim."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
-    return libc if hasattr(libc, "mallopt") else None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def set_mmap_threshold(nbytes: int) -> bool:
@@ -34,7 +37,6 @@ def set_mmap_threshold(nbytes: int) -> bool:
     return bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes)))
 
 
-
 def trim() -> bool:
     """malloc_trim(0): returns the free pages of every malloc arena to the system (glibc only).
 
@@ -43,4 +45,4 @@ def trim() -> bool:
     does not count against the next phase's peak. True if memory was released.
     """
     libc = _libc()
-    return bool(libc.malloc_trim(0)) if libc is not None and hasattr(libc, "malloc_trim") else False
+    return bool(libc.malloc_trim(0)) if libc is not None else False

@@ -17,6 +17,7 @@ from gpg_em.losses import em_rl_reward
 from gpg_em.models import Model
 from gpg_em.rewards import compute_rewards
 from gpg_em.rollout import generate
+from gpg_em.rollout.sampler import MIN_BUCKET
 
 @dataclasses.dataclass(frozen=True)
 class RolloutSpec:
@@ -26,7 +27,7 @@ class RolloutSpec:
     top_p: float = 1.0
     top_k: int = 0
     greedy: bool = False
-    min_prompt_width: int = 16  # prompts pad to prompt_bucket(longest, this): fewer compiled shapes
+    min_prompt_width: int = MIN_BUCKET  # prompts pad to prompt_bucket(longest, this): fewer compiled shapes
 
 
 def _pad_to(x: np.ndarray, width: int, left: bool, value=0) -> np.ndarray:
