@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -45,3 +46,27 @@ def test_fixed_threshold_returns_freed_buffers():
 
 def test_zero_leaves_the_allocator_alone():
     assert set_mmap_threshold(0) is False
+
+
+def test_a_compile_is_followed_by_a_trim_before_the_executable_runs(monkeypatch):
+    """The listener trims when a compile ends: after a new jit compile, before its result exists."""
+    import jax
+    import jax.numpy as jnp
+    from gpg_em.train import host_memory
+    events = []
+    monkeypatch.setattr(host_memory, "trim", lambda: events.append("trim") or True)
+    host_memory.trim_after_compiles(min_seconds=0.0)
+    try:
+        salt = float(os.getpid() * 1000 + time.time_ns() % 1000)  # new HLO: no persistent-cache hit
+        f = jax.jit(lambda x: jnp.sin(x) * salt + x.shape[0])
+        f(jnp.ones(17)).block_until_ready()
+        events.append("ran")
+        assert events[0] == "trim" and events[-1] == "ran"
+        before = len(events)
+        f(jnp.ones(17)).block_until_ready()  # cached: no compile, no trim
+        assert len(events) == before
+        host_memory.trim_after_compiles(min_seconds=1e9)  # a threshold no compile reaches
+        jax.jit(lambda x: jnp.cos(x) - salt)(jnp.ones(19)).block_until_ready()
+        assert len(events) == before
+    finally:
+        host_memory.trim_after_compiles(min_seconds=1.0)

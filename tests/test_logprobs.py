@@ -51,6 +51,21 @@ def test_gradients_match_naive_jax():
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_vocab_major_head_matches_naive_values_and_gradients():
+    """A [V, D] head (the tied embedding, contracted as it is) gives the [D, V] head's values and the
+    transposed gradient."""
+    rng = np.random.RandomState(3)
+    h = jnp.asarray(rng.randn(2, 7, 8), jnp.float32)
+    w_VxD = jnp.asarray(rng.randn(30, 8), jnp.float32)
+    y = jnp.asarray(rng.randint(0, 30, (2, 7)))
+    logp, ent = chunked_logprobs(h, w_VxD, y, chunk_size=3, temperature=0.7, vocab_major=True)
+    ref_logp, ref_ent = naive(h, np.asarray(w_VxD).T, np.asarray(y), 0.7)
+    np.testing.assert_allclose(logp, ref_logp, atol=1e-4)
+    np.testing.assert_allclose(ent, ref_ent, atol=1e-4)
+    loss = lambda w, major: jnp.sum(sum(chunked_logprobs(h, w, y, chunk_size=3, vocab_major=major)))
+    np.testing.assert_allclose(jax.grad(loss)(w_VxD, True), jax.grad(loss)(w_VxD.T, False).T, atol=1e-5)
+
+
 def test_completion_logprobs_match_full_forward():
     cfg = ModelConfig(vocab_size=41, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=8)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gpg_em.models.config import ModelConfig
-from gpg_em.models.model import head_weight, hidden_states
+from gpg_em.models.model import hidden_states
 from gpg_em.models.shared_prefix import identity_packing, shared_prefix_hidden
 
 
@@ -34,11 +34,15 @@ def logprob_entropy_from_logits(logits_NxV: jnp.ndarray, targets_N: jnp.ndarray)
     return target_logit - logz, entropy
 
 
-def chunked_logprobs(hidden_BxTxD, head_DxV, targets_BxT, *, temperature: float = 1.0, chunk_size: int = 128):
+def chunked_logprobs(hidden_BxTxD, head, targets_BxT, *, temperature: float = 1.0, chunk_size: int = 128,
+                     vocab_major: bool = False):
     """(logp [B, T], entropy [B, T]) of `targets` given final hidden states.
 
-    Scans over ceil(T / chunk_size) chunks; only one chunk's [B, C, V] float32
-    logits exist at a time, in the forward and (rematerialised) backward pass.
+    `head` is the output projection [D, V], or [V, D] with `vocab_major` (a
+    tied embedding, contracted on D as it is: no transposed copy of it, and
+    its gradient comes out in the embedding's layout). Scans over
+    ceil(T / chunk_size) chunks; only one chunk's [B, C, V] float32 logits
+    exist at a time, in the forward and (rematerialised) backward pass.
     """
     B, T, D = hidden_BxTxD.shape
     C = min(chunk_size, T)
@@ -49,7 +53,9 @@ def chunked_logprobs(hidden_BxTxD, head_DxV, targets_BxT, *, temperature: float 
 
     @jax.checkpoint
     def chunk(h_BxCxD, y_BxC):
-        z = jnp.dot(h_BxCxD, head_DxV.astype(h_BxCxD.dtype), preferred_element_type=jnp.float32)
+        w = head.astype(h_BxCxD.dtype)
+        z = jax.lax.dot_general(h_BxCxD, w, (((2,), (1 if vocab_major else 0,)), ((), ())),
+                                preferred_element_type=jnp.float32)
         return logprob_entropy_from_logits(z / temperature, y_BxC)
 
     _, (logp, ent) = jax.lax.scan(lambda c, xs: (c, chunk(*xs)), None, (h, y))
@@ -72,8 +78,14 @@ def completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt_mask_Bx
     hidden = hidden_states(params, cfg, ids, mask)
     P, N = prompt_ids_BxP.shape[1], completion_ids_BxN.shape[1]
     h = jax.lax.dynamic_slice_in_dim(hidden, P - 1, N, axis=1)
-    return chunked_logprobs(h, head_weight(params, cfg), completion_ids_BxN,
+    head, vocab_major = _head(params, cfg)
+    return chunked_logprobs(h, head, completion_ids_BxN, vocab_major=vocab_major,
                             temperature=temperature, chunk_size=chunk_size)
+
+
+def _head(params, cfg: ModelConfig):
+    """(output projection, vocab_major): the tied embedding [V, D] as it is, else lm_head [D, V]."""
+    return (params["embed"], True) if cfg.tie_embeddings else (params["lm_head"], False)
 
 
 def _unpack_slots(pack_index_nxL, G: int, N: int):
@@ -110,7 +122,9 @@ def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt
     # slot t is predicted by slot t-1 of its row, a row's first token by the prompt's last slot
     prev = jnp.concatenate([h_last[:, None], h_c[:, :-1]], axis=1)
     h = jnp.where((pos == 0)[..., None], h_last[:, None], prev)
-    logp, ent = chunked_logprobs(h, head_weight(params, cfg), tokens, temperature=temperature, chunk_size=chunk_size)
+    head, vocab_major = _head(params, cfg)
+    logp, ent = chunked_logprobs(h, head, tokens, temperature=temperature, chunk_size=chunk_size,
+                                 vocab_major=vocab_major)
     slot = _unpack_slots(index, G, N)
     unpack = lambda values_nxL: jnp.take_along_axis(values_nxL, slot, axis=1).reshape(B, N)
     return unpack(logp), unpack(ent)

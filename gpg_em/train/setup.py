@@ -13,7 +13,7 @@ from gpg_em.models.loading import pretrained_config
 from gpg_em.configuration import ConfigError
 from gpg_em.parallel import make_mesh
 from gpg_em.rollout.sharded import ShardedSampler
-from gpg_em.train.host_memory import set_mmap_threshold
+from gpg_em.train.host_memory import set_mmap_threshold, trim_after_compiles
 from gpg_em.train.objective import Objective, make_objective
 from gpg_em.train.optim import OptimConfig, make_optimizer
 from gpg_em.train.state import create_state
@@ -110,6 +110,7 @@ def use_compilation_cache(path: str) -> None:
 def build_run(c) -> Run:
     use_compilation_cache(c.compilation_cache_dir)
     set_mmap_threshold(c.host_mmap_threshold)
+    trim_after_compiles()
     model = build_model(c)
     objective = build_objective(c)
     oc = OptimConfig(total_steps=c.total_steps, **c.optim.to_dict())
