@@ -48,7 +48,9 @@ def gpg_em_config(new_tokens: int):
     c.rollout.max_new_tokens, c.rollout.temperature = new_tokens, 1.0
     c.ppo.kl_coef, c.ppo.inner_epochs = 0.0, 1
     c.optim.learning_rate = WORK["lr"]
-    c.train.micro_batch_size = WORK["samples"]  # one group per forward/backward: bounded activation memory
+    # train.micro_batch_size stays 0 (the whole batch in one forward/backward): with the layers scanned and
+    # rematerialised, the 4 groups' activations are smaller than a micro-batch loop's gradient accumulator
+    # (update temporaries 1.37 vs 1.60 GiB) and the step is faster (26-28 vs 31-33 s on this CPU)
     return c
 
 

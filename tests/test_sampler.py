@@ -213,3 +213,28 @@ def test_bucketing_bounds_compiled_shapes():
         prompts = [list(range(10, 10 + n)) for n in lengths]
         generate(model, prompts, max_new_tokens=3, num_samples=2, temperature=0.9, seed=sum(lengths))
     assert (prefill._cache_size() - before[0], decode._cache_size() - before[1]) == (3, 3)
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_dropping_finished_rows_changes_nothing(monkeypatch, greedy):
+    """4 prompts x 8 samples with 30 stop tokens (rows stop after 1 to ~40 tokens): the
+    sampler compacts 32 -> 16 -> 8 rows, and every row's tokens, mask, log-probs and entropies are
+    those of the uncompacted run (each row keeps its own uniform draws)."""
+    from gpg_em.rollout import left_pad, sampler
+    model = tiny(scale=5.0)
+    ids, mask = left_pad(PROMPT_IDS + [[3, 4]], pad_id=0)
+    sampling = SamplingConfig(temperature=1.0, greedy=greedy, stop_token_ids=tuple(range(100, 130)))
+    run = lambda min_rows: sampler.sample(model.params, ids, mask, jax.random.PRNGKey(3), cfg=TINY,
+                                          sampling=sampling, max_new_tokens=48, num_samples=8,
+                                          compact_min_rows=min_rows)
+    full = jax.device_get(run(0))
+    sizes, compact = [], sampler.compact
+    monkeypatch.setattr(sampler, "compact", lambda state, keep: sizes.append(len(keep)) or compact(state, keep))
+    dropped = jax.device_get(run(8))
+    lengths = full.mask.sum(1)
+    if not greedy:
+        assert sizes == [16, 8] and lengths.min() < 5 and lengths.max() > 30, (sizes, lengths)
+    np.testing.assert_array_equal(dropped.tokens, full.tokens)
+    np.testing.assert_array_equal(dropped.mask, full.mask)
+    np.testing.assert_allclose(dropped.logprobs, full.logprobs, atol=1e-5)
+    np.testing.assert_allclose(dropped.entropies, full.entropies, atol=1e-5)

@@ -142,9 +142,9 @@ def test_update_and_sampler_compile_once_per_prompt_bucket(tmp_path, monkeypatch
         widths.append((arrays["prompt_ids"].shape[1], arrays["pack_index"].shape[1]))
         return update(state, arrays, rng)
 
-    def recording_decode(params, state, *, cfg, sampling):
+    def recording_decode(params, state, min_live=0, *, cfg, sampling):
         decode_shapes.append((state.tokens.shape, state.prompt_mask.shape, sampling))
-        return decode(params, state, cfg=cfg, sampling=sampling)
+        return decode(params, state, min_live, cfg=cfg, sampling=sampling)
 
     trainer.run.update = recording_update
     monkeypatch.setattr(sampler, "decode", recording_decode)

@@ -31,7 +31,7 @@ from gpg_em.models.config import ModelConfig
 from gpg_em.models.decoder import Decoder, init_cache
 from gpg_em.models.model import positions_from_mask
 from gpg_em.rollout.adaptive_temperature import adaptive_temperature_logits
-from gpg_em.rollout.decode_step import from_prefill_cache, jit_decode_weights, step_hidden, step_logits
+from gpg_em.rollout.decode_step import KVCache, from_prefill_cache, jit_decode_weights, step_hidden, step_logits
 from gpg_em.rollout.em_inf import em_inf_logits
 from gpg_em.rollout.sampling import SamplingConfig, choose_tokens
 from gpg_em.rollout.state import DecodeState, SampleOutput
@@ -118,6 +118,8 @@ def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, s
         prompt_mask=pmask,
         cache=from_prefill_cache(cache, G, N),
         rng=rng,
+        row_ids=jnp.arange(B, dtype=jnp.int32),
+        total_rows=B,
     )
 
 
@@ -126,7 +128,7 @@ def _decode_step(params, state: DecodeState, cfg: ModelConfig, sampling: Samplin
     t = state.step
     hidden, cache = step_hidden(params, cfg, state.last, state.positions, state.prompt_mask, state.cache, t - 1)
     z = modify_logits(step_logits(params, cfg, hidden), sampling)
-    token, logp, ent = choose_tokens(z, jax.random.fold_in(state.rng, t), sampling)
+    token, logp, ent = choose_tokens(z, jax.random.fold_in(state.rng, t), sampling, state.row_ids, state.total_rows)
     live = ~state.done
     token = jnp.where(live, token, sampling.pad_token_id)
     put = lambda buf, col: jax.lax.dynamic_update_slice_in_dim(buf, col[:, None].astype(buf.dtype), t, axis=1)
@@ -148,26 +150,86 @@ def _decode_step(params, state: DecodeState, cfg: ModelConfig, sampling: Samplin
 # while_loop's carry, and so every per-step `dynamic_update_slice`, into the
 # buffers prefill returned instead of first copying them (and holding two caches).
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling"), donate_argnums=(1,))
-def decode(params, state: DecodeState, *, cfg: ModelConfig, sampling: SamplingConfig) -> DecodeState:
-    """Decodes until every row is done or max_new_tokens tokens exist (early exit).
+def decode(params, state: DecodeState, min_live=0, *, cfg: ModelConfig, sampling: SamplingConfig) -> DecodeState:
+    """Decodes until every row is done or max_new_tokens tokens exist (early exit), or until at most
+    `min_live` rows are still live (a traced scalar: `sample` then compacts the batch).
 
     `params` are `decode_step.decode_weights(params, cfg, transpose)` (see there)."""
     def cond(s: DecodeState):
-        return (s.step < s.max_new_tokens) & ~jnp.all(s.done)
+        return (s.step < s.max_new_tokens) & (jnp.sum(~s.done) > min_live)
 
     return jax.lax.while_loop(cond, lambda s: _decode_step(params, s, cfg, sampling), state)
 
 
+COMPACT_MIN_ROWS = 8  # the smallest batch `sample` compacts to (fewer rows decode no faster on a CPU)
+
+
+@jax.jit
+def compact(state: DecodeState, keep_b) -> DecodeState:
+    """The decode state of rows `keep_b` [b] (indices into the state's rows), one row per prompt slot.
+
+    Row r of an (n prompts x G samples) state is sample r % G of prompt r // G;
+    the compacted state has b prompts of one sample each: row j's prompt
+    keys/values, prompt mask and generated keys/values are row keep[j]'s (its
+    prompt's, copied per row). Every row array and `row_ids` follow, so the
+    rows' later tokens, log-probs and random draws are the ones they would
+    have had in the full batch.
+    """
+    G = state.cache[0].gen_k_t.shape[2]
+    prompt, sample = keep_b // G, keep_b % G
+    rows = lambda x: x[keep_b]
+    cache = [KVCache(c.prompt_k_t[prompt], c.prompt_v[prompt], c.gen_k_t[prompt, :, sample][:, :, None],
+                     c.gen_v[prompt, :, sample][:, :, None]) for c in state.cache]
+    return state.replace(tokens=rows(state.tokens), mask=rows(state.mask), logprobs=rows(state.logprobs),
+                         entropies=rows(state.entropies), done=rows(state.done), last=rows(state.last),
+                         positions=rows(state.positions), prompt_mask=state.prompt_mask[prompt], cache=cache,
+                         row_ids=rows(state.row_ids))
+
+
+@jax.jit
+def _write_rows(out: SampleOutput, state: DecodeState) -> SampleOutput:
+    """The state's rows written at their `row_ids` of the full [total_rows, N] output."""
+    put = lambda full, part: full.at[state.row_ids].set(part)
+    return SampleOutput(put(out.tokens, state.tokens), put(out.mask, state.mask),
+                        put(out.logprobs, state.logprobs), put(out.entropies, state.entropies))
+
+
+def _keep_live_first(done_B: np.ndarray, rows: int) -> np.ndarray:
+    """`rows` row indices: every live row, then finished rows to fill the bucket (they stay finished)."""
+    order = np.concatenate([np.flatnonzero(~done_B), np.flatnonzero(done_B)])
+    return order[:rows].astype(np.int32)
+
+
 def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sampling: SamplingConfig,
-           max_new_tokens: int, num_samples: int = 1) -> SampleOutput:
+           max_new_tokens: int, num_samples: int = 1, compact_min_rows: int = COMPACT_MIN_ROWS) -> SampleOutput:
     """Samples `num_samples` completions per left-padded prompt. Pure; returns device arrays [n * G, N].
 
     Recorded log-probs/entropies: see `gpg_em.rollout.sampling` (equal to
     `gpg_em.models.completion_logprobs(..., temperature)` for plain sampling).
+
+    Finished rows are dropped mid-decode: once at most half the rows are live
+    (and half is at least `compact_min_rows`; 0 turns this off), the live
+    rows move to a batch of half the size (`compact`), and so on. A step
+    costs about the batch's rows (at 4 x 8 rows and 128 tokens, RL
+    completions often stop after 20-60 tokens while a few run to 128), the
+    results are the same as without compaction (each row's draws follow its
+    original index), and the batch sizes are powers of two of B: a bounded
+    set of compiled shapes.
     """
     state = prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, cfg=cfg, sampling=sampling,
                     max_new_tokens=max_new_tokens, num_samples=num_samples)
-    if max_new_tokens > 1:  # (saves compiling a loop that would not run)
-        weights = jit_decode_weights(params, cfg=cfg, transpose=jax.default_backend() == "cpu")
-        state = decode(weights, state, cfg=cfg, sampling=sampling)
-    return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
+    if max_new_tokens == 1:  # (saves compiling a loop that would not run)
+        return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
+    weights = jit_decode_weights(params, cfg=cfg, transpose=jax.default_backend() == "cpu")
+    out, rows = None, state.tokens.shape[0]
+    while True:
+        half = rows // 2
+        shrink = compact_min_rows > 0 and half >= compact_min_rows and rows % 2 == 0
+        state = decode(weights, state, half if shrink else 0, cfg=cfg, sampling=sampling)
+        done = np.asarray(state.done)
+        if not shrink or done.all() or int(state.step) >= max_new_tokens:
+            break
+        out = _write_rows(out or SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies), state)
+        state, rows = compact(state, _keep_live_first(done, half)), half
+    final = SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
+    return final if out is None else _write_rows(out, state)

@@ -143,10 +143,14 @@ def categorical_inverse_cdf(weights_BxV: jnp.ndarray, uniform_B: jnp.ndarray) ->
     return block * _BLOCK + offset
 
 
-def choose_tokens(z_BxV: jnp.ndarray, rng: jax.Array, sampling: SamplingConfig):
+def choose_tokens(z_BxV: jnp.ndarray, rng: jax.Array, sampling: SamplingConfig, row_ids_B=None,
+                  total_rows: int = 0):
     """(token [B] int32, logp [B], entropy [B]) for one step of float32 logits z (already EM-INF'd).
 
     logp/entropy are of softmax(z / temperature), untruncated (module docstring).
+    Row b draws uniform `row_ids[b]` of the step's `total_rows` uniforms
+    (default: row b of B), so a row's draw does not depend on which other
+    rows share the batch (the sampler drops finished rows mid-decode).
     """
     z = z_BxV if sampling.temperature == 1.0 else z_BxV / sampling.temperature
     stats = softmax_stats(z)
@@ -158,7 +162,8 @@ def choose_tokens(z_BxV: jnp.ndarray, rng: jax.Array, sampling: SamplingConfig):
             zt = top_k_filter(z, sampling.top_k) if sampling.top_k else z
             zt = top_p_filter(zt, sampling.top_p) if sampling.top_p < 1.0 else zt
             weights = jnp.where(jnp.isfinite(zt), stats.expz, 0.)
-        uniform = jax.random.uniform(rng, (z.shape[0],), jnp.float32)
+        uniform = jax.random.uniform(rng, (total_rows or z.shape[0],), jnp.float32)
+        uniform = uniform if row_ids_B is None else uniform[row_ids_B]
         token = categorical_inverse_cdf(weights, uniform)
     logp, entropy = logprob_entropy(stats, token)
     return token, logp, entropy

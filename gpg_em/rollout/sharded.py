@@ -45,7 +45,7 @@ def state_shardings(abstract: DecodeState, mesh: Mesh) -> DecodeState:
         step=replicated(mesh), tokens=rows(abstract.tokens), mask=rows(abstract.mask),
         logprobs=rows(abstract.logprobs), entropies=rows(abstract.entropies), done=rows(abstract.done),
         last=rows(abstract.last), positions=rows(abstract.positions), prompt_mask=rows(abstract.prompt_mask),
-        cache=cache, rng=replicated(mesh))
+        cache=cache, rng=replicated(mesh), row_ids=rows(abstract.row_ids))
     return fit_shardings(abstract, wanted, mesh)
 
 

@@ -23,6 +23,8 @@ class DecodeState:
     prompt_mask: jnp.ndarray  # [n, P] bool: real prompt tokens (False on left padding)
     cache: Any  # list of decode_step.KVCache, one per layer (prompt part shared by a prompt's samples)
     rng: jax.Array  # base key; step t draws with fold_in(rng, t)
+    row_ids: jnp.ndarray  # [B] int32: each row's index in the sampled batch (they differ after `compact`)
+    total_rows: int = struct.field(pytree_node=False, default=0)  # rows of the sampled batch (uniform draws)
 
     @property
     def max_new_tokens(self) -> int:
