@@ -17,7 +17,9 @@
 * Compiled shapes: one (prefill, decode) pair per distinct
   (n, P, max_new_tokens, num_samples, cfg, sampling). Callers bucket P with
   `prompt_bucket` (powers of two >= 16, see there) so a stream of prompts of
-  varying lengths compiles O(log max_len) shapes.
+  varying lengths compiles O(log max_len) shapes. Dropping finished rows
+  (`sample`, `compact`) adds decode shapes of B/2, B/4, ... rows (one prompt
+  per row), at most log2(B / COMPACT_MIN_ROWS) of them.
 """
 from __future__ import annotations
 
@@ -209,12 +211,12 @@ def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sa
 
     Finished rows are dropped mid-decode: once at most half the rows are live
     (and half is at least `compact_min_rows`; 0 turns this off), the live
-    rows move to a batch of half the size (`compact`), and so on. A step
-    costs about the batch's rows (at 4 x 8 rows and 128 tokens, RL
-    completions often stop after 20-60 tokens while a few run to 128), the
-    results are the same as without compaction (each row's draws follow its
-    original index), and the batch sizes are powers of two of B: a bounded
-    set of compiled shapes.
+    rows move to a batch of half the size (`compact`), and so on. A decode
+    step's cost grows with its rows, and RL completions are uneven (at
+    4 x 8 rows and 128 tokens, most stop after 20-60 tokens while a few run
+    to 128). The results are those of the uncompacted run (each row's draws
+    follow its original index); the batch sizes are B, B/2, B/4, ... down to
+    `compact_min_rows`: a bounded set of compiled shapes.
     """
     state = prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, cfg=cfg, sampling=sampling,
                     max_new_tokens=max_new_tokens, num_samples=num_samples)
@@ -229,7 +231,9 @@ def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sa
         done = np.asarray(state.done)
         if not shrink or done.all() or int(state.step) >= max_new_tokens:
             break
-        out = _write_rows(out or SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies), state)
+        if out is None:
+            out = SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
+        out = _write_rows(out, state)
         state, rows = compact(state, _keep_live_first(done, half)), half
     final = SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
     return final if out is None else _write_rows(out, state)
