@@ -57,7 +57,7 @@ def test_gpg_gradient_equals_naive_formula(micro_batch_size):
 
 @pytest.mark.parametrize("micro_batch_size,scan_layers,remat", [(0, True, True), (2, True, True), (2, False, False)])
 def test_grouped_packed_gradient_equals_naive_formula(micro_batch_size, scan_layers, remat):
-    """Prompts shared per group, completions packed, layers scanned (stacked once per step) or unrolled:
+    """Prompts shared per group, completions packed, layers scanned or unrolled:
     the same loss and gradient, in the params' layout, as the naive full-logits formula."""
     from gpg_em.models.shared_prefix import packed_width, packing_index
     params = init_params(CFG, jax.random.PRNGKey(0))

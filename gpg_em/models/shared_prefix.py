@@ -163,33 +163,9 @@ def packed_width(completion_mask_BxN, G: int, multiple: int) -> int:
     return min(G * N, -(-most // multiple) * multiple)
 
 
-STACKED = "layers"  # key of the stacked layer parameters in a `stack_params` tree
-
-
 def stacked_layers(params, num_layers: int):
-    """The layers' parameters stacked on a leading [num_layers] axis, for `lax.scan`: `params["layers"]` when
-    the tree is already stacked (`stack_params`), otherwise a stacked copy of layers_0 .. layers_{L-1}."""
-    if STACKED in params:
-        return params[STACKED]
+    """The layers' parameters stacked on a leading [num_layers] axis (a copy), for `lax.scan`."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"layers_{i}"] for i in range(num_layers)])
-
-
-def stack_params(params, num_layers: int) -> dict:
-    """The params tree with layers_0 .. layers_{L-1} replaced by one stacked `layers` subtree (a copy).
-
-    The update stacks once per step and differentiates with respect to this
-    tree, so the micro-batches neither copy the layers again nor convert each
-    gradient back; `unstack_params` turns the summed gradient into the
-    params' layout once."""
-    rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
-    return {**rest, STACKED: stacked_layers(params, num_layers)}
-
-
-def unstack_params(tree, num_layers: int) -> dict:
-    """Inverse of `stack_params`: layers_i = tree["layers"][i]."""
-    rest = {k: v for k, v in tree.items() if k != STACKED}
-    layer = lambda i: jax.tree.map(lambda x: x[i], tree[STACKED])
-    return {**rest, **{f"layers_{i}": layer(i) for i in range(num_layers)}}
 
 
 def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_nxP, tokens_nxL, row_nxL, pos_nxL,
@@ -207,7 +183,6 @@ def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_n
     recomputes one layer at a time (unrolled, XLA may schedule every layer's
     recomputation at once, which keeps most of the memory remat should save).
     Unrolled without remat is the fastest on a CPU (no stacked copy).
-    `params` may come from `stack_params` (then `scan_layers` must be set).
     """
     dt, eps = _dtype(cfg), cfg.rms_norm_eps
     P = prompt_ids_nxP.shape[1]
@@ -225,8 +200,6 @@ def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_n
     if scan_layers:
         (x_p, x_c), _ = jax.lax.scan(body, (x_p, x_c), stacked_layers(params, cfg.num_layers))
     else:
-        if STACKED in params:
-            raise ValueError("stacked layer parameters need scan_layers=True")
         for i in range(cfg.num_layers):
             (x_p, x_c), _ = body((x_p, x_c), params[f"layers_{i}"])
     scale = params["final_norm"]["scale"]

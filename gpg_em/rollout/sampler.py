@@ -231,9 +231,8 @@ def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sa
         done = np.asarray(state.done)
         if not shrink or done.all() or int(state.step) >= max_new_tokens:
             break
-        if out is None:
-            out = SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
-        out = _write_rows(out, state)
+        rows_so_far = SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
+        out = rows_so_far if out is None else _write_rows(out, state)  # the first state holds every row
         state, rows = compact(state, _keep_live_first(done, half)), half
     final = SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
     return final if out is None else _write_rows(out, state)

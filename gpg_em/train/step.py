@@ -28,7 +28,6 @@ import optax
 from jax.sharding import Mesh
 
 from gpg_em.models import ModelConfig, completion_logprobs, grouped_completion_logprobs
-from gpg_em.models.shared_prefix import stack_params, unstack_params
 from gpg_em.parallel import batch_sharding, on_mesh, replicated
 from gpg_em.train.objective import Objective, objective_loss
 
@@ -116,25 +115,8 @@ def loss_fn(params, cfg: ModelConfig, sc: StepConfig, batch):
     return objective_loss(sc.objective, logp, ent, batch)
 
 
-def _stacks_layers(sc: StepConfig) -> bool:
-    """The grouped forward scans the layers: the update differentiates with respect to stacked layers."""
-    return sc.prompt_group_size > 1 and sc.scan_layers
-
-
 def loss_and_grad(params, cfg: ModelConfig, sc: StepConfig, batch):
-    """((loss, aux), grads) of the full-batch loss, accumulated over micro-batches (module docstring).
-
-    When the layers run in a scan, the layer parameters are stacked once here
-    (`shared_prefix.stack_params`) and the gradient is taken and summed with
-    respect to the stacked tree, then unstacked once: one stacked copy per
-    step instead of a copy and a gradient conversion per micro-batch."""
-    if _stacks_layers(sc):
-        out, grads = _loss_and_grad(stack_params(params, cfg.num_layers), cfg, sc, batch)
-        return out, unstack_params(grads, cfg.num_layers)
-    return _loss_and_grad(params, cfg, sc, batch)
-
-
-def _loss_and_grad(params, cfg: ModelConfig, sc: StepConfig, batch):
+    """((loss, aux), grads) of the full-batch loss, accumulated over micro-batches (module docstring)."""
     B = batch["prompt_ids"].shape[0]
     mb = sc.micro_batch_size or B
     if B % mb:
