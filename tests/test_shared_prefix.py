@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpg_em.models import ModelConfig, completion_logprobs, grouped_completion_logprobs, init_params
-from gpg_em.models.shared_prefix import packing_index
+from gpg_em.models.shared_prefix import packed_width, packing_index, prompt_block
 
 G, N, P = 3, 6, 7
 
@@ -41,6 +41,13 @@ def test_values_and_gradients_match_per_row_forward(variant, remat, packed, scan
     cfg = _cfg(**variant)
     params = init_params(cfg, jax.random.PRNGKey(1))
     prompt, pmask, comp, cmask = _batch()
+    index = packing_index(cmask, G, width=cmask.reshape(-1, G * N).sum(1).max() + 2) if packed else None
+    _assert_grouped_matches_per_row(cfg, params, (prompt, pmask, comp, cmask), index, remat=remat, scan=scan)
+
+
+def _assert_grouped_matches_per_row(cfg, params, batch, index, *, remat, scan):
+    """Values and gradients of a masked loss of logp and entropy: grouped (packed by `index`) vs per-row."""
+    prompt, pmask, comp, cmask = batch
     weights = jnp.asarray(np.random.RandomState(3).randn(*comp.shape) * cmask, jnp.float32)
 
     def loss(fn):
@@ -50,7 +57,6 @@ def test_values_and_gradients_match_per_row_forward(variant, remat, packed, scan
         return f
 
     ref = loss(lambda p: completion_logprobs(p, cfg, prompt, pmask, comp, cmask, temperature=0.7, chunk_size=4))
-    index = packing_index(cmask, G, width=cmask.reshape(-1, G * N).sum(1).max() + 2) if packed else None
     ours = loss(lambda p: grouped_completion_logprobs(p, cfg, prompt, pmask, comp, index, group_size=G,
                                                       temperature=0.7, chunk_size=4, remat=remat,
                                                       scan_layers=scan))
@@ -64,6 +70,17 @@ def test_values_and_gradients_match_per_row_forward(variant, remat, packed, scan
     assert len(flat_ref) == len(flat_ours)
     for a, b in zip(flat_ref, flat_ours):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_lanes_of_several_groups_match_per_row_forward(lanes):
+    """Four groups packed into one or two lanes: each group starts on a prompt block, reads its own prompt."""
+    cfg = _cfg()
+    params = init_params(cfg, jax.random.PRNGKey(1))
+    batch = _batch(seed=2, n=4)
+    index = packing_index(batch[3], G, packed_width(batch[3], G, 4, lanes=lanes), lanes=lanes)
+    assert index.shape[0] == lanes and prompt_block(N) == 2
+    _assert_grouped_matches_per_row(cfg, params, batch, index, remat=True, scan=True)
 
 
 def test_only_the_first_row_of_each_group_prompt_is_read():
@@ -83,3 +100,20 @@ def test_packing_index_lays_rows_end_to_end():
     np.testing.assert_array_equal(packing_index(mask, 2, width=4), [[0, 1, 3, -1], [0, 1, 2, -1]])
     with pytest.raises(ValueError, match="packing width 2 < 3"):
         packing_index(mask, 2, width=2)
+
+
+def test_packing_index_lanes_align_groups_to_prompt_blocks():
+    # 4 groups of 2 rows, N = 4 (prompt blocks of 4 slots), 2 lanes of 2 groups
+    mask = np.array([[1, 1, 0, 0], [1, 0, 0, 0],   # group 0: 3 tokens
+                     [1, 1, 1, 1], [1, 1, 0, 0],   # group 1: 6 tokens
+                     [1, 0, 0, 0], [0, 0, 0, 0],   # group 2: 1 token
+                     [1, 1, 1, 0], [1, 1, 1, 1]])  # group 3: 7 tokens
+    assert prompt_block(4) == 4 and packed_width(mask, 2, 1, lanes=2) == 4 + 7
+    assert packed_width(mask, 2, 4, lanes=2) == 12 and packed_width(mask, 2, 1, lanes=1) == 4 + 8 + 4 + 7
+    index = packing_index(mask, 2, width=12, lanes=2)
+    np.testing.assert_array_equal(index, [[0, 1, 4, -1, 8, 9, 10, 11, 12, 13, -1, -1],
+                                          [0, -1, -1, -1, 8, 9, 10, 12, 13, 14, 15, -1]])
+    with pytest.raises(ValueError, match="packing width 10 < 11"):
+        packing_index(mask, 2, width=10, lanes=2)
+    with pytest.raises(ValueError, match="4 groups do not split into 3 lanes"):
+        packing_index(mask, 2, width=12, lanes=3)

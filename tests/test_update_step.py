@@ -64,10 +64,13 @@ def test_grouped_packed_gradient_equals_naive_formula(micro_batch_size, scan_lay
     host = make_batch()
     for k in ("prompt_ids", "prompt_mask"):  # rows 2i and 2i+1 share their prompt
         host[k][1::2] = host[k][0::2]
-    width = packed_width(host["completion_mask"], 2, 4)
-    batch = jax.tree.map(jnp.asarray, {**host, "pack_index": packing_index(host["completion_mask"], 2, width)})
     sc = StepConfig(make_objective("gpg", 2, age=True), micro_batch_size=micro_batch_size, temperature=0.8,
                     chunk_size=4, prompt_group_size=2, pack=True, scan_layers=scan_layers, remat=remat)
+    mask, B = host["completion_mask"], host["completion_mask"].shape[0]
+    lanes = sc.pack_lanes(B)  # whole batch: every group in one lane; micro-batches of one group: one a lane
+    assert lanes == (B // 2 if micro_batch_size else 1)
+    index = packing_index(mask, 2, packed_width(mask, 2, 4, lanes), lanes)
+    batch = jax.tree.map(jnp.asarray, {**host, "pack_index": index})
     (loss, _), grads = jax.jit(lambda p, b: loss_and_grad(p, CFG, sc, b))(params, batch)
     ref_loss, ref_grads = jax.value_and_grad(naive_gpg_loss)(params, batch, 0.8)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)

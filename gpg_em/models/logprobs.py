@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.model import hidden_states
-from gpg_em.models.shared_prefix import identity_packing, shared_prefix_hidden
+from gpg_em.models.shared_prefix import gather_groups, identity_packing, shared_prefix_hidden, slot_groups
 
 
 def logprob_entropy_from_logits(logits_NxV: jnp.ndarray, targets_N: jnp.ndarray):
@@ -54,9 +54,10 @@ def chunked_logprobs(hidden_BxTxD, head, targets_BxT, *, temperature: float = 1.
     @jax.checkpoint
     def chunk(h_BxCxD, y_BxC):
         w = head.astype(h_BxCxD.dtype)
-        z = jax.lax.dot_general(h_BxCxD, w, (((2,), (1 if vocab_major else 0,)), ((), ())),
-                                preferred_element_type=jnp.float32)
-        return logprob_entropy_from_logits(z / temperature, y_BxC)
+        z = jax.lax.dot_general(h_BxCxD.reshape(B * C, D), w, (((1,), (1 if vocab_major else 0,)), ((), ())),
+                                preferred_element_type=jnp.float32)  # 2-D: XLA:CPU's rank-3 dot is slower
+        logp, ent = logprob_entropy_from_logits(z / temperature, y_BxC.reshape(B * C))
+        return logp.reshape(B, C), ent.reshape(B, C)
 
     _, (logp, ent) = jax.lax.scan(lambda c, xs: (c, chunk(*xs)), None, (h, y))
     unchunk = lambda a: a.swapaxes(0, 1).reshape(B, n * C)[:, :T]
@@ -88,43 +89,45 @@ def _head(params, cfg: ModelConfig):
     return (params["embed"], True) if cfg.tie_embeddings else (params["lm_head"], False)
 
 
-def _unpack_slots(pack_index_nxL, G: int, N: int):
-    """slot [n, G * N]: the packed slot of each row position (positions not packed read slot 0: mask them)."""
-    n, L = pack_index_nxL.shape
-    target = jnp.where(pack_index_nxL >= 0, pack_index_nxL, G * N)  # empty slots scatter out of bounds: dropped
-    return jnp.zeros((n, G * N), jnp.int32).at[jnp.arange(n)[:, None], target].set(
-        jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (n, L)), mode="drop")
+def _unpack_slots(pack_index_mxL, width: int):
+    """slot [m, width]: the packed slot of each lane position (positions not packed read slot 0: mask them)."""
+    m, L = pack_index_mxL.shape
+    target = jnp.where(pack_index_mxL >= 0, pack_index_mxL, width)  # empty slots scatter out of bounds: dropped
+    return jnp.zeros((m, width), jnp.int32).at[jnp.arange(m)[:, None], target].set(
+        jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (m, L)), mode="drop")
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "group_size", "temperature", "chunk_size", "remat",
                                                   "scan_layers"))
 def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt_mask_BxP, completion_ids_BxN,
-                                pack_index_nxL=None, *, group_size: int, temperature: float = 1.0,
+                                pack_index_mxL=None, *, group_size: int, temperature: float = 1.0,
                                 chunk_size: int = 128, remat: bool = False, scan_layers: bool = True):
     """`completion_logprobs` for rows in groups of `group_size` sharing a prompt, each prompt computed once.
 
     Rows b = i * G + g (prompt-major, as the sampler orders them); only row
-    i * G of each group's prompt is read. With `pack_index` [n, L]
+    i * G of each group's prompt is read. With `pack_index` [m, L]
     (`shared_prefix.packing_index`) only the packed tokens are computed, the
-    G rows of a group end to end without their padding; without it every
-    position is. Same (logp, entropy) [B, N] as the per-row function at the
-    valid positions, up to float rounding (gpg_em.models.shared_prefix).
+    rows of each lane's groups end to end without their padding; without it
+    every position is, one group per lane. Same (logp, entropy) [B, N] as the
+    per-row function at the valid positions, up to float rounding
+    (gpg_em.models.shared_prefix).
     """
     B, N = completion_ids_BxN.shape
-    G, n = group_size, B // group_size
-    index = identity_packing(n, G, N) if pack_index_nxL is None else pack_index_nxL
+    G = group_size
+    index = identity_packing(B // G, G, N) if pack_index_mxL is None else pack_index_mxL
     index = jnp.pad(index, ((0, 0), (0, -index.shape[1] % N)), constant_values=-1)  # whole attention windows
+    m = index.shape[0]
     safe = jnp.maximum(index, 0)
-    tokens = jnp.take_along_axis(completion_ids_BxN.reshape(n, G * N), safe, axis=1)
+    tokens = jnp.take_along_axis(completion_ids_BxN.reshape(m, B // m * N), safe, axis=1)
     row, pos = jnp.where(index >= 0, index // N, -1), safe % N
     h_last, h_c = shared_prefix_hidden(params, cfg, prompt_ids_BxP[::G], prompt_mask_BxP[::G], tokens, row, pos,
-                                       window=N, remat=remat, scan_layers=scan_layers)
-    # slot t is predicted by slot t-1 of its row, a row's first token by the prompt's last slot
-    prev = jnp.concatenate([h_last[:, None], h_c[:, :-1]], axis=1)
-    h = jnp.where((pos == 0)[..., None], h_last[:, None], prev)
+                                       window=N, group_size=G, remat=remat, scan_layers=scan_layers)
+    # slot t is predicted by slot t-1 of its row, a row's first token by its group's last prompt slot
+    prev = jnp.concatenate([h_c[:, :1], h_c[:, :-1]], axis=1)
+    h = jnp.where((pos == 0)[..., None], gather_groups(h_last, slot_groups(row, G)), prev)
     head, vocab_major = _head(params, cfg)
     logp, ent = chunked_logprobs(h, head, tokens, temperature=temperature, chunk_size=chunk_size,
                                  vocab_major=vocab_major)
-    slot = _unpack_slots(index, G, N)
-    unpack = lambda values_nxL: jnp.take_along_axis(values_nxL, slot, axis=1).reshape(B, N)
+    slot = _unpack_slots(index, B // m * N)
+    unpack = lambda values_mxL: jnp.take_along_axis(values_mxL, slot, axis=1).reshape(B, N)
     return unpack(logp), unpack(ent)

@@ -8,21 +8,26 @@ flow into the shared prompt activations from the G completions, which is what
 the G separate rows would add up to. It removes (G - 1) / G of the prompt
 tokens' forward and backward work.
 
-Layout: prompts [n, P] (left-padded); each group's completions are packed
-end to end into L slots ([n, L]): slot t holds token `pos[t]` of row
+Layout: prompts [n, P] (left-padded); completions are packed end to end into
+m lanes of L slots ([m, L]). Lane k holds the R = B / m rows of groups
+k * n/m ... (k+1) * n/m - 1; slot t holds token `pos[t]` of lane row
 `row[t]` (-1: an empty slot). With `packing_index` only valid tokens are
-packed, so the padding after each row's stop token costs nothing;
-`identity_packing` packs all G * N positions (L = G * N). Prompt slot s has
-position cumsum(prompt_mask)[s] - 1; completion token j has position L_p + j,
-L_p the group's prompt length, as `positions_from_mask` gives over the
-concatenated row. A completion token attends to the group's valid prompt
-slots and to the earlier tokens of its own row.
+packed, so the padding after each row's stop token costs nothing, and the
+groups of a lane follow each other, each starting at a multiple of
+`prompt_block(N)` slots (so a block of that many slots reads one group's
+prompt); `identity_packing` packs all G * N positions of one group per lane.
+Prompt slot s has position cumsum(prompt_mask)[s] - 1; completion token j has
+position L_p + j, L_p the group's prompt length, as `positions_from_mask`
+gives over the concatenated row. A completion token attends to its group's
+valid prompt slots and to the earlier tokens of its own row.
 
 The layer maths is the decoder's (gpg_em.models.decoder), written over the
 params tree: RMSNorm in float32, optional q/k norm, RoPE, grouped-query
 attention with a float32 softmax, SwiGLU MLP.
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +39,7 @@ from gpg_em.models.model import positions_from_mask
 from gpg_em.models.rope import apply_rope, inverse_frequencies
 
 _NEG = -1e30
+PROMPT_BLOCK = 32  # largest block of packed slots that reads one prompt (prompt_block)
 
 
 def _norm(x, scale, eps, dt):
@@ -44,7 +50,9 @@ def _norm(x, scale, eps, dt):
 
 
 def _linear(p, x, dt):
-    y = jnp.dot(x.astype(dt), p["kernel"].astype(dt))
+    """x [..., D_in] @ kernel as one [tokens, D_in] product: XLA:CPU runs a rank-3 dot and its
+    gradient (contracted over two axes) at about half the speed of the same work in 2-D."""
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dt), p["kernel"].astype(dt)).reshape(*x.shape[:-1], -1)
     return y + p["bias"].astype(dt) if "bias" in p else y
 
 
@@ -91,76 +99,130 @@ def completion_window_mask(row_nxL, C: int):
             & (s[None, :, None, :] <= t[None, :, :, None]))
 
 
-def _completion_attention(q, k_p, v_p, k_c, v_c, prompt_mask_nxP, allowed_nxbxCx2C, dt):
-    """Packed completion queries q [n,L,K,g,Dh] over the group's prompt (k_p [n,P,K,Dh]) and their own row.
+def _to_blocks(x, m: int, blocks: int, K: int):
+    """[m, L, K, ...] (L = blocks * c) -> [m, blocks, K, c, ...]: each block's heads leading."""
+    return jnp.moveaxis(x.reshape(m, blocks, -1, *x.shape[2:]), 3, 2)
 
-    Blocks of C query slots attend to the P prompt slots and a window of the
-    2C packed slots ending with their block (`completion_window_mask`), in one
-    softmax: O(L * (P + 2C)) work instead of O(L * (P + L)).
+
+def _regroup(x, blocks: int):
+    """[m, b, K, c, ...] -> [m, blocks, K, b * c / blocks, ...]: the same slots in blocks of another size."""
+    m, b, K, c = x.shape[:4]
+    x = jnp.moveaxis(x, 2, 3).reshape(m, blocks, b * c // blocks, K, *x.shape[4:])
+    return jnp.moveaxis(x, 3, 2)
+
+
+def _completion_attention(q, k_p, v_p, k_c, v_c, prompt_mask_mxbxP, allowed_mxcxCx2C, dt):
+    """Packed completion queries q [m,L,K,g,Dh] over their group's prompt and their own row.
+
+    k_p, v_p [m, L/Cp, P, K, Dh] and the prompt mask [m, L/Cp, P] hold, for
+    each block of Cp slots, the prompt of the group that block belongs to.
+    Blocks of C slots attend to a window of the 2C packed slots ending with
+    their block (`completion_window_mask`). One softmax over both, with a
+    shared maximum and denominator: O(L * (P + 2C)) work instead of O(L * (P
+    + L)). Scores stay [m, blocks, K, C, g, keys], the layout the batched
+    products write (XLA:CPU would otherwise transpose every score array).
     """
-    n, L, K, g, Dh = q.shape
-    C = allowed_nxbxCx2C.shape[-2]
-    qb = q.reshape(n, L // C, C, K, g, Dh)
-    k_w, v_w = _blocks_with_previous(k_c, C, 0), _blocks_with_previous(v_c, C, 0)
+    m, L, K, g, Dh = q.shape
+    Cp, C = L // k_p.shape[1], allowed_mxcxCx2C.shape[-2]
+    k_w, v_w = _blocks_with_previous(k_c, C, 0), _blocks_with_previous(v_c, C, 0)  # [m, L/C, 2C, K, Dh]
     scale = Dh ** -0.5
-    s_p = jnp.einsum("nbtkgd,nskd->nbkgts", qb, k_p, preferred_element_type=jnp.float32) * scale
-    s_c = jnp.einsum("nbtkgd,nbskd->nbkgts", qb, k_w, preferred_element_type=jnp.float32) * scale
-    P = s_p.shape[-1]
-    s_p = jnp.where(prompt_mask_nxP.astype(bool)[:, None, None, None, None, :], s_p, _NEG)
-    s_c = jnp.where(allowed_nxbxCx2C[:, :, None, None], s_c, _NEG)
-    probs = jax.nn.softmax(jnp.concatenate([s_p, s_c], axis=-1), axis=-1).astype(dt)
-    out = (jnp.einsum("nbkgts,nskd->nbtkgd", probs[..., :P], v_p.astype(dt))
-           + jnp.einsum("nbkgts,nbskd->nbtkgd", probs[..., P:], v_w.astype(dt)))
-    return out.reshape(n, L, K, g, Dh)
+    s_p = jnp.einsum("mbktgd,mbskd->mbktgs", _to_blocks(q, m, L // Cp, K), k_p,
+                     preferred_element_type=jnp.float32) * scale
+    s_c = jnp.einsum("mbktgd,mbskd->mbktgs", _to_blocks(q, m, L // C, K), k_w,
+                     preferred_element_type=jnp.float32) * scale
+    s_p = _regroup(jnp.where(prompt_mask_mxbxP[:, :, None, None, None, :], s_p, _NEG), L // C)
+    s_c = jnp.where(allowed_mxcxCx2C[:, :, None, :, None, :], s_c, _NEG)
+    top = jax.lax.stop_gradient(jnp.maximum(s_p.max(-1, keepdims=True), s_c.max(-1, keepdims=True)))
+    e_p, e_c = jnp.exp(s_p - top), jnp.exp(s_c - top)
+    total = e_p.sum(-1, keepdims=True) + e_c.sum(-1, keepdims=True)
+    o_p = jnp.einsum("mbktgs,mbskd->mbktgd", _regroup(e_p, L // Cp).astype(dt), v_p.astype(dt))
+    o_c = jnp.einsum("mbktgs,mbskd->mbktgd", e_c.astype(dt), v_w.astype(dt))
+    out = (_regroup(o_p, L // C) + o_c) / total.astype(dt)  # [m, L/C, K, C, g, Dh]
+    return jnp.moveaxis(out, 2, 3).reshape(m, L, K, g, Dh)
 
 
 def _mlp(mp, x, dt):
     return _linear(mp["down_proj"], jax.nn.silu(_linear(mp["gate_proj"], x, dt)) * _linear(mp["up_proj"], x, dt), dt)
 
 
-def block(lp, cfg: ModelConfig, x_p, x_c, pos_p, pos_c, allowed_p, prompt_mask, allowed_c):
-    """One decoder layer over prompts x_p [n, P, D] and packed completions x_c [n, L, D]."""
+def gather_groups(x_nx, group_mxK):
+    """[n, ...] per group -> [m, K, ...]: x of lane-local group `group[k, j]` of lane k (n/m groups a lane)."""
+    m = group_mxK.shape[0]
+    lanes = x_nx.reshape(m, x_nx.shape[0] // m, *x_nx.shape[1:])
+    return jax.vmap(lambda xs, i: xs[i])(lanes, group_mxK)
+
+
+def block(lp, cfg: ModelConfig, x_p, x_c, pos_p, pos_c, allowed_p, prompt_mask, allowed_c, block_group):
+    """One decoder layer over prompts x_p [n, P, D] and packed completions x_c [m, L, D]."""
     dt, eps = _dtype(cfg), cfg.rms_norm_eps
     q_p, k_p, v_p = _qkv(lp["attn"], cfg, _norm(x_p, lp["input_norm"]["scale"], eps, dt), pos_p)
     q_c, k_c, v_c = _qkv(lp["attn"], cfg, _norm(x_c, lp["input_norm"]["scale"], eps, dt), pos_c)
     o_p = _prompt_attention(q_p, k_p, v_p, allowed_p, dt)
-    o_c = _completion_attention(q_c, k_p, v_p, k_c, v_c, prompt_mask, allowed_c, dt)
+    o_c = _completion_attention(q_c, gather_groups(k_p, block_group), gather_groups(v_p, block_group), k_c, v_c,
+                                gather_groups(prompt_mask, block_group), allowed_c, dt)
     x_p = x_p + _linear(lp["attn"]["o_proj"], o_p.reshape(*x_p.shape[:2], -1), dt)
     x_c = x_c + _linear(lp["attn"]["o_proj"], o_c.reshape(*x_c.shape[:2], -1), dt)
     post = lambda x: _mlp(lp["mlp"], _norm(x, lp["post_attn_norm"]["scale"], eps, dt), dt)
     return x_p + post(x_p), x_c + post(x_c)
 
 
+def prompt_block(N: int) -> int:
+    """Cp: packed slots are read in blocks of Cp that share one group's prompt (a divisor of N)."""
+    return math.gcd(PROMPT_BLOCK, N)
+
+
 def identity_packing(n: int, G: int, N: int) -> jnp.ndarray:
-    """pack_index [n, G*N] that lays each group's G rows end to end, padding included."""
+    """pack_index [n, G*N]: one group per lane, its G rows end to end, padding included."""
     return jnp.broadcast_to(jnp.arange(G * N, dtype=jnp.int32), (n, G * N))
 
 
-def packing_index(completion_mask_BxN, G: int, width: int):
-    """pack_index [n, width] (host numpy): each group's valid completion tokens end to end.
+def _group_counts(mask_BxN, G: int, lanes: int):
+    """Valid completion tokens of each group, [lanes, groups per lane]."""
+    B, _ = mask_BxN.shape
+    if (B // G) % lanes:
+        raise ValueError(f"{B // G} groups do not split into {lanes} lanes")
+    return mask_BxN.reshape(lanes, B // G // lanes, -1).sum(2)
 
-    Slot p of group i holds flat token g * N + j of the group's [G, N]
-    completions (row g, token j), or -1 when empty. `width` must hold the
-    group with the most valid tokens.
+
+def _lane_lengths(counts_mxg, align: int):
+    """Slots each lane needs: every group but the last rounded up to `align`."""
+    rounded = -(-counts_mxg // align) * align
+    return rounded[:, :-1].sum(1) + counts_mxg[:, -1]
+
+
+def packing_index(completion_mask_BxN, G: int, width: int, lanes: int = 0):
+    """pack_index [lanes, width] (host numpy; lanes 0: one per group): valid completion tokens end to end.
+
+    Lane k packs the rows of groups k * n/lanes ... in order; slot p holds
+    flat token r * N + j of the lane's [R, N] completions (lane row r, token
+    j), or -1 when empty. Each group starts at a multiple of
+    `prompt_block(N)`. `width` must hold the longest lane (`packed_width`).
     """
     mask = np.asarray(completion_mask_BxN).astype(bool)
     B, N = mask.shape
-    flat = mask.reshape(B // G, G * N)
-    if flat.sum(1).max(initial=0) > width:
-        raise ValueError(f"packing width {width} < {flat.sum(1).max()} valid tokens in one group")
-    index = np.full((B // G, width), -1, np.int32)
-    for i, row in enumerate(flat):
-        valid = np.flatnonzero(row)
-        index[i, :valid.size] = valid
+    lanes = lanes or B // G
+    counts = _group_counts(mask, G, lanes)
+    align, need = prompt_block(N), _lane_lengths(counts, prompt_block(N))
+    if need.max(initial=0) > width:
+        raise ValueError(f"packing width {width} < {need.max()} slots needed by one lane")
+    index = np.full((lanes, width), -1, np.int32)
+    flat = mask.reshape(lanes, -1, G * N)  # [lanes, groups per lane, G * N]
+    for k in range(lanes):
+        start = 0
+        for i, group in enumerate(flat[k]):
+            valid = np.flatnonzero(group) + i * G * N
+            index[k, start:start + valid.size] = valid
+            start += -(-valid.size // align) * align
     return index
 
 
-def packed_width(completion_mask_BxN, G: int, multiple: int) -> int:
-    """Width holding the group with the most valid tokens, rounded up to `multiple`, at most G * N."""
-    mask = np.asarray(completion_mask_BxN)
+def packed_width(completion_mask_BxN, G: int, multiple: int, lanes: int = 0) -> int:
+    """Width holding the longest lane (`packing_index`), rounded up to `multiple`, at most its rows' R * N."""
+    mask = np.asarray(completion_mask_BxN).astype(bool)
     B, N = mask.shape
-    most = int(mask.reshape(B // G, G * N).sum(1).max(initial=1))
-    return min(G * N, -(-most // multiple) * multiple)
+    lanes = lanes or B // G
+    most = int(_lane_lengths(_group_counts(mask, G, lanes), prompt_block(N)).max(initial=1))
+    return min(B // lanes * N, -(-max(most, 1) // multiple) * multiple)
 
 
 def stacked_layers(params, num_layers: int):
@@ -168,35 +230,45 @@ def stacked_layers(params, num_layers: int):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"layers_{i}"] for i in range(num_layers)])
 
 
-def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_nxP, tokens_nxL, row_nxL, pos_nxL,
-                         *, window: int, remat: bool = False, scan_layers: bool = True):
-    """Final-norm hidden states: (last prompt slot [n, D], packed completion slots [n, L, D]).
+def slot_groups(row_mxL, G: int):
+    """Lane-local group of each packed slot, [m, L] (0 for empty slots)."""
+    return jnp.maximum(row_mxL, 0) // G
 
-    Packed slot t of group i holds token `tokens[i, t]` of row `row[i, t]`
-    (-1: empty) at completion position `pos[i, t]` (0 for a row's first token);
-    a row's tokens are contiguous, in order and at most `window` long (L a
-    multiple of `window`: the completion maximum N). `remat` recomputes each
-    layer's activations in the backward pass (`jax.checkpoint` per layer):
-    memory O(one layer) instead of O(all layers). `scan_layers` runs the
-    layers in a `lax.scan` over their stacked parameters: traced and compiled
-    once instead of num_layers times, and with `remat` the backward pass
-    recomputes one layer at a time (unrolled, XLA may schedule every layer's
-    recomputation at once, which keeps most of the memory remat should save).
-    Unrolled without remat is the fastest on a CPU (no stacked copy).
+
+def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_nxP, tokens_mxL, row_mxL, pos_mxL,
+                         *, window: int, group_size: int, remat: bool = False, scan_layers: bool = True):
+    """Final-norm hidden states: (last prompt slot [n, D], packed completion slots [m, L, D]).
+
+    Packed slot t of lane k holds token `tokens[k, t]` of lane row `row[k, t]`
+    (-1: empty; rows of lane k are its groups' rows, `group_size` a group) at
+    completion position `pos[k, t]` (0 for a row's first token); a row's
+    tokens are contiguous, in order and at most `window` long (L a multiple
+    of `window`: the completion maximum N), and each block of
+    `prompt_block(window)` slots holds one group's tokens. `remat` recomputes
+    each layer's activations in the backward pass (`jax.checkpoint` per
+    layer): memory O(one layer) instead of O(all layers). `scan_layers` runs
+    the layers in a `lax.scan` over their stacked parameters: traced and
+    compiled once instead of num_layers times, and with `remat` the backward
+    pass recomputes one layer at a time (unrolled, XLA may schedule every
+    layer's recomputation at once, which keeps most of the memory remat
+    should save). Unrolled without remat is the fastest on a CPU (no stacked copy).
     """
     dt, eps = _dtype(cfg), cfg.rms_norm_eps
-    P = prompt_ids_nxP.shape[1]
+    P, (m, L) = prompt_ids_nxP.shape[1], tokens_mxL.shape
     pmask = prompt_mask_nxP.astype(bool)
     pos_p = positions_from_mask(pmask)
-    pos_c = pmask.sum(axis=1).astype(jnp.int32)[:, None] + pos_nxL
+    group = slot_groups(row_mxL, group_size)
+    pos_c = gather_groups(pmask.sum(axis=1).astype(jnp.int32), group) + pos_mxL
+    Cp = prompt_block(window)
+    block_group = group.reshape(m, L // Cp, Cp).max(axis=-1)  # empty slots read group 0: max is the block's group
     allowed_p = jnp.tril(jnp.ones((P, P), bool))[None] & pmask[:, None, :]
-    allowed_c = completion_window_mask(row_nxL, window)
+    allowed_c = completion_window_mask(row_mxL, window)
     embed = lambda ids: jnp.take(params["embed"], ids, axis=0).astype(dt)
-    x_p, x_c = embed(prompt_ids_nxP), embed(tokens_nxL)
+    x_p, x_c = embed(prompt_ids_nxP), embed(tokens_mxL)
     layer = jax.checkpoint(block, static_argnums=(1,)) if remat else block
 
     def body(x, lp):
-        return layer(lp, cfg, *x, pos_p, pos_c, allowed_p, pmask, allowed_c), None
+        return layer(lp, cfg, *x, pos_p, pos_c, allowed_p, pmask, allowed_c, block_group), None
     if scan_layers:
         (x_p, x_c), _ = jax.lax.scan(body, (x_p, x_c), stacked_layers(params, cfg.num_layers))
     else:

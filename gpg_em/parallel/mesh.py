@@ -80,6 +80,11 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return logical_sharding(("batch",) + (None,) * (ndim - 1), mesh)
 
 
+def batch_shards(mesh: Mesh) -> int:
+    """How many pieces `batch_sharding` cuts the batch dimension into."""
+    return _axes_size(mesh, batch_sharding(mesh, 1).spec[0])
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from gpg_em.data import PromptFormatter, PromptIterator, make_length_fn, make_source
 from gpg_em.models import Model
 from gpg_em.models.shared_prefix import packed_width, packing_index
-from gpg_em.parallel import (agree_any, agree_max, gather_host_rows, global_batch, is_primary, left_pad_to,
+from gpg_em.parallel import (agree_any, agree_max, batch_shards, gather_host_rows, global_batch, is_primary, left_pad_to,
                              process_slice, replicated_array)
 from gpg_em.rewards import build_rewards
 from gpg_em.rollout.sharded import process_sampler
@@ -99,10 +99,11 @@ class Trainer:
         return arrays
 
     def pack_index(self, completion_mask: np.ndarray) -> jax.Array:
-        """Every group's valid completion tokens end to end, one width (bucketed) for all processes."""
+        """The groups' valid completion tokens end to end in lanes, one width (bucketed) for all processes."""
         G, mask = self.spec.group_size, gather_host_rows(completion_mask)
-        width = packed_width(mask, G, self.c.train.pack_multiple)
-        return replicated_array(packing_index(mask, G, width), self.run.mesh)
+        lanes = self.run.step_config.pack_lanes(mask.shape[0], batch_shards(self.run.mesh))
+        width = packed_width(mask, G, self.c.train.pack_multiple, lanes)
+        return replicated_array(packing_index(mask, G, width, lanes), self.run.mesh)
 
     def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         if self.run.step_config.prompt_group_size > 1:

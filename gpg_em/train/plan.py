@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from gpg_em.models import init_params
-from gpg_em.parallel import make_mesh
+from gpg_em.parallel import batch_shards, make_mesh
 from gpg_em.rollout.sampler import prompt_bucket
 from gpg_em.rollout.sampling import SamplingConfig
 from gpg_em.rollout.sharded import ShardedSampler
@@ -41,12 +41,13 @@ def device_bytes(abstract, shardings) -> int:
     return int(sum(jax.tree.leaves(sizes)))
 
 
-def _batch(c, keys):
+def _batch(c, keys, sc: StepConfig, mesh):
     """Abstract training batch: B = prompts_per_step * group_size rows, prompts at the longest bucket,
     completions packed at the widest width (every completion at its maximum length)."""
     G, N = c.rollout.group_size, c.rollout.max_new_tokens
     B, P = c.rollout.prompts_per_step * G, prompt_bucket(c.data.max_prompt_tokens, c.rollout.min_prompt_width)
-    widths = {"rewards": (B,), "pack_index": (B // G, G * N)}
+    lanes = sc.pack_lanes(B, batch_shards(mesh)) if sc.pack else 1
+    widths = {"rewards": (B,), "pack_index": (lanes, B // lanes * N)}
     shape = lambda k: widths.get(k, (B, P) if k.startswith("prompt") else (B, N))
     dtype = lambda k: jnp.int32 if k.endswith(("_ids", "_mask", "_index")) else jnp.float32
     return {k: jax.ShapeDtypeStruct(shape(k), dtype(k)) for k in keys}
@@ -62,7 +63,7 @@ def plan_update(c, cfg, params, mesh) -> dict[str, int]:
     sc = StepConfig.from_config(c, objective)
     keys = batch_keys(c, objective, sc)
     step = jit_update_step(cfg, sc, tx, schedule, mesh, shardings, keys)
-    m = step.lower(state, _batch(c, keys), jax.random.PRNGKey(0)).compile().memory_analysis()
+    m = step.lower(state, _batch(c, keys, sc, mesh), jax.random.PRNGKey(0)).compile().memory_analysis()
     p, o = device_bytes(params, shardings.params), device_bytes(state.opt_state, shardings.opt_state)
     return {"params": p, "optimizer": o, "batch": m.argument_size_in_bytes - p - o,
             "activations": m.temp_size_in_bytes, "outputs": m.output_size_in_bytes - m.alias_size_in_bytes,

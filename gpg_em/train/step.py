@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,8 @@ class StepConfig:
     prompt_group_size: int = 0
     remat: bool = False  # recompute each layer in the backward pass (grouped forward only)
     scan_layers: bool = True  # grouped forward only: the layers in a lax.scan (shared_prefix_hidden)
-    # grouped forward only: batches carry `pack_index` [n, L] and each group's valid completion
-    # tokens are computed end to end, without the padding after each row's stop token
+    # grouped forward only: batches carry `pack_index` [m, L] (`pack_lanes`) and the groups' valid
+    # completion tokens are computed end to end, without the padding after each row's stop token
     pack: bool = False
 
     @classmethod
@@ -56,6 +57,14 @@ class StepConfig:
                    chunk_size=c.train.chunk_size, remat=c.train.remat, scan_layers=c.train.scan_layers,
                    prompt_group_size=c.rollout.group_size if c.train.share_prompts else 0,
                    pack=bool(c.train.share_prompts and c.train.pack and c.rollout.group_size > 1))
+
+    def pack_lanes(self, rows: int, batch_shards: int = 1) -> int:
+        """Lanes of the packed layout (`shared_prefix.packing_index`) for a batch of `rows`: the fewest
+        that split into whole micro-batches and batch shards (a lane's groups then sit in one of
+        each), else one group per lane. Fewer lanes waste fewer slots: only the longest lane is padded."""
+        G = self.prompt_group_size
+        lanes = math.lcm(rows // (self.micro_batch_size or rows), batch_shards)
+        return lanes if (rows // G) % lanes == 0 else rows // G
 
     @property
     def row_keys(self) -> tuple[str, ...]:
@@ -68,7 +77,7 @@ def _rows(batch) -> dict:
 
 
 def _split(rows, parts: int) -> dict:
-    """Each array [R, ...] -> [parts, R / parts, ...] (rows [B] and pack_index [B / G] alike)."""
+    """Each array [R, ...] -> [parts, R / parts, ...] (rows [B] and pack_index's lanes alike)."""
     return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), rows)
 
 
@@ -157,7 +166,7 @@ def update_step(state, batch, rng, *, cfg: ModelConfig, sc: StepConfig, tx: opta
 
 def batch_shardings(batch_keys, mesh: Mesh) -> dict:
     """Rows split over the batch axes: `rewards` is [B], every other batch array [B, N] (or [B, P]);
-    `pack_index` [n, L] (small) is replicated."""
+    `pack_index` [m, L] (small) is replicated."""
     return {k: replicated(mesh) if k == "pack_index" else batch_sharding(mesh, 1 if k == "rewards" else 2)
             for k in batch_keys}
 
