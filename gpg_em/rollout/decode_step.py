@@ -178,7 +178,12 @@ def step_hidden(params, cfg: ModelConfig, token_B, position_B, prompt_mask_nxP, 
 
 
 def step_logits(params, cfg: ModelConfig, hidden_DxB) -> jnp.ndarray:
-    """Float32 logits [B, V] from the feature-major hidden state: [V, D] @ [D, B], transposed."""
+    """Float32 logits [B, V] from the feature-major hidden state: [B, D] x [V, D] contracted on D.
+
+    The hidden state is transposed to [B, D] behind an optimization barrier. Left to itself XLA:CPU
+    computes [V, D] @ [D, B] and transposes the [V, B] product, which at decode batch sizes costs more
+    than the product (SmolLM2's head: 46 against 16 ms at B = 8, 57 against 26 ms at B = 32).
+    """
     if cfg.tie_embeddings:
         w = params["embed"]
     elif "lm_head_t" in params:
@@ -186,4 +191,6 @@ def step_logits(params, cfg: ModelConfig, hidden_DxB) -> jnp.ndarray:
     else:
         return jax.lax.dot_general(hidden_DxB, params["lm_head"].astype(hidden_DxB.dtype), (((0,), (0,)), ((), ())),
                                    preferred_element_type=jnp.float32)
-    return jnp.dot(w.astype(hidden_DxB.dtype), hidden_DxB, preferred_element_type=jnp.float32).T
+    h_BxD = jax.lax.optimization_barrier(hidden_DxB.T)
+    return jax.lax.dot_general(h_BxD, w.astype(h_BxD.dtype), (((1,), (1,)), ((), ())),
+                               preferred_element_type=jnp.float32)
