@@ -78,8 +78,9 @@ def get_config():
         eps=1e-8, max_grad_norm=1.0))
 
     # share_prompts: each group's prompt is computed once in the update (exact, gpg_em.models.shared_prefix);
-    # pack: a group's completions are computed end to end without padding, in widths rounded up to
-    # pack_multiple tokens (a bounded set of compiled shapes); scan_layers: the layers run in a
+    # pack: the groups' completions are computed end to end without padding, in as few lanes as the
+    # micro-batches and batch shards allow (one on a single device, with the whole batch), each lane's
+    # width rounded up to pack_multiple tokens (a bounded set of compiled shapes); scan_layers: the layers run in a
     # lax.scan (traced and compiled once, not once per layer); remat: recompute each layer in the
     # backward pass (one more forward). scan_layers + remat keeps only each layer's input: 1.1 instead
     # of 3.7 GiB of update temporaries for a group of 8 x 128 tokens of SmolLM2-135M, and the least
