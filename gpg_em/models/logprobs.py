@@ -126,12 +126,10 @@ def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt
     prev = jnp.concatenate([h_c[:, :1], h_c[:, :-1]], axis=1)
     h = jnp.where((pos == 0)[..., None], gather_groups(h_last, slot_groups(row, G)), prev)
     head, vocab_major = _head(params, cfg)
-    # the lanes' slots as one sequence, in chunks of n * chunk_size slots: the head's product has as many
-    # rows as the per-row path's [n, chunk_size] chunks, whatever the number of lanes
-    L = index.shape[1]
-    logp, ent = chunked_logprobs(h.reshape(1, m * L, -1), head, tokens.reshape(1, m * L), temperature=temperature,
-                                 chunk_size=chunk_size * (B // G), vocab_major=vocab_major)
-    logp, ent = logp.reshape(m, L), ent.reshape(m, L)
+    # chunks of n/m * chunk_size slots a lane: the head's product has n * chunk_size rows, as the
+    # per-row path's [n, chunk_size] chunks, whatever the number of lanes (which stay the batch axis)
+    logp, ent = chunked_logprobs(h, head, tokens, temperature=temperature, chunk_size=chunk_size * (B // G // m),
+                                 vocab_major=vocab_major)
     slot = _unpack_slots(index, B // m * N)
     unpack = lambda values_mxL: jnp.take_along_axis(values_mxL, slot, axis=1).reshape(B, N)
     return unpack(logp), unpack(ent)

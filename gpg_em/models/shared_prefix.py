@@ -99,7 +99,7 @@ def completion_window_mask(row_nxL, C: int):
             & (s[None, :, None, :] <= t[None, :, :, None]))
 
 
-def _to_blocks(x, m: int, blocks: int, K: int):
+def _to_blocks(x, m: int, blocks: int):
     """[m, L, K, ...] (L = blocks * c) -> [m, blocks, K, c, ...]: each block's heads leading."""
     return jnp.moveaxis(x.reshape(m, blocks, -1, *x.shape[2:]), 3, 2)
 
@@ -126,9 +126,9 @@ def _completion_attention(q, k_p, v_p, k_c, v_c, prompt_mask_mxbxP, allowed_mxcx
     Cp, C = L // k_p.shape[1], allowed_mxcxCx2C.shape[-2]
     k_w, v_w = _blocks_with_previous(k_c, C, 0), _blocks_with_previous(v_c, C, 0)  # [m, L/C, 2C, K, Dh]
     scale = Dh ** -0.5
-    s_p = jnp.einsum("mbktgd,mbskd->mbktgs", _to_blocks(q, m, L // Cp, K), k_p,
+    s_p = jnp.einsum("mbktgd,mbskd->mbktgs", _to_blocks(q, m, L // Cp), k_p,
                      preferred_element_type=jnp.float32) * scale
-    s_c = jnp.einsum("mbktgd,mbskd->mbktgs", _to_blocks(q, m, L // C, K), k_w,
+    s_c = jnp.einsum("mbktgd,mbskd->mbktgs", _to_blocks(q, m, L // C), k_w,
                      preferred_element_type=jnp.float32) * scale
     s_p = _regroup(jnp.where(prompt_mask_mxbxP[:, :, None, None, None, :], s_p, _NEG), L // C)
     s_c = jnp.where(allowed_mxcxCx2C[:, :, None, :, None, :], s_c, _NEG)
@@ -152,14 +152,15 @@ def gather_groups(x_nx, group_mxK):
     return jax.vmap(lambda xs, i: xs[i])(lanes, group_mxK)
 
 
-def block(lp, cfg: ModelConfig, x_p, x_c, pos_p, pos_c, allowed_p, prompt_mask, allowed_c, block_group):
-    """One decoder layer over prompts x_p [n, P, D] and packed completions x_c [m, L, D]."""
+def block(lp, cfg: ModelConfig, x_p, x_c, pos_p, pos_c, allowed_p, block_prompt_mask, allowed_c, block_group):
+    """One decoder layer over prompts x_p [n, P, D] and packed completions x_c [m, L, D]; block_group
+    [m, L/Cp] is the lane-local group of each prompt block, block_prompt_mask [m, L/Cp, P] its prompt mask."""
     dt, eps = _dtype(cfg), cfg.rms_norm_eps
     q_p, k_p, v_p = _qkv(lp["attn"], cfg, _norm(x_p, lp["input_norm"]["scale"], eps, dt), pos_p)
     q_c, k_c, v_c = _qkv(lp["attn"], cfg, _norm(x_c, lp["input_norm"]["scale"], eps, dt), pos_c)
     o_p = _prompt_attention(q_p, k_p, v_p, allowed_p, dt)
     o_c = _completion_attention(q_c, gather_groups(k_p, block_group), gather_groups(v_p, block_group), k_c, v_c,
-                                gather_groups(prompt_mask, block_group), allowed_c, dt)
+                                block_prompt_mask, allowed_c, dt)
     x_p = x_p + _linear(lp["attn"]["o_proj"], o_p.reshape(*x_p.shape[:2], -1), dt)
     x_c = x_c + _linear(lp["attn"]["o_proj"], o_c.reshape(*x_c.shape[:2], -1), dt)
     post = lambda x: _mlp(lp["mlp"], _norm(x, lp["post_attn_norm"]["scale"], eps, dt), dt)
@@ -222,7 +223,7 @@ def packed_width(completion_mask_BxN, G: int, multiple: int, lanes: int = 0) -> 
     B, N = mask.shape
     lanes = lanes or B // G
     most = int(_lane_lengths(_group_counts(mask, G, lanes), prompt_block(N)).max(initial=1))
-    return min(B // lanes * N, -(-max(most, 1) // multiple) * multiple)
+    return min(B // lanes * N, -(-most // multiple) * multiple)
 
 
 def stacked_layers(params, num_layers: int):
@@ -261,6 +262,7 @@ def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_n
     pos_c = gather_groups(pmask.sum(axis=1).astype(jnp.int32), group) + pos_mxL
     Cp = prompt_block(window)
     block_group = group.reshape(m, L // Cp, Cp).max(axis=-1)  # empty slots read group 0: max is the block's group
+    block_pmask = gather_groups(pmask, block_group)
     allowed_p = jnp.tril(jnp.ones((P, P), bool))[None] & pmask[:, None, :]
     allowed_c = completion_window_mask(row_mxL, window)
     embed = lambda ids: jnp.take(params["embed"], ids, axis=0).astype(dt)
@@ -268,7 +270,7 @@ def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_n
     layer = jax.checkpoint(block, static_argnums=(1,)) if remat else block
 
     def body(x, lp):
-        return layer(lp, cfg, *x, pos_p, pos_c, allowed_p, pmask, allowed_c, block_group), None
+        return layer(lp, cfg, *x, pos_p, pos_c, allowed_p, block_pmask, allowed_c, block_group), None
     if scan_layers:
         (x_p, x_c), _ = jax.lax.scan(body, (x_p, x_c), stacked_layers(params, cfg.num_layers))
     else:
