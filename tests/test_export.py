@@ -30,6 +30,8 @@ def test_smollm2_export_files(smollm2, smollm2_hf_dir):
     assert q.dtype == np.float32 and q.shape == (576, 576)
     np.testing.assert_array_equal(q, np.asarray(smollm2.params["layers_0"]["attn"]["q_proj"]["kernel"]).T)
     assert (smollm2_hf_dir / "tokenizer.json").is_file()
+    header_size = int.from_bytes((smollm2_hf_dir / "model.safetensors").read_bytes()[:8], "little")
+    assert (8 + header_size) % 64 == 0  # the data starts on a 64-byte boundary
 
 
 @pytest.mark.parametrize("kind", ["llama3", "qwen2", "qwen3"])

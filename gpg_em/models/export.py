@@ -4,7 +4,11 @@ Writes config.json, model.safetensors (float32, HF names and layouts; tied
 models omit lm_head.weight) and the tokenizer files. The safetensors file is
 written tensor by tensor (the format is an 8-byte little-endian header size,
 a JSON header of dtypes, shapes and byte offsets, then the raw bytes), so only
-one tensor at a time is copied to float32 on the host.
+one tensor at a time is copied to float32 on the host. The header is padded
+with spaces so that the data starts on a 64-byte boundary (the format
+requires tensors to be contiguous, so a tensor after one whose size is not a
+multiple of 64 bytes is not aligned): transformers memory-maps the file, and
+its CPU kernels then read weights aligned as the ones they allocate.
 """
 from __future__ import annotations
 
@@ -26,15 +30,22 @@ def _leaf(params: dict, slot: Slot):
     return params
 
 
+ALIGN = 64  # bytes; the data section starts on this boundary
+
+
 def _header(table: dict[str, Slot]) -> bytes:
-    """The safetensors JSON header for float32 tensors in table order, padded to 8 bytes."""
+    """The safetensors JSON header for float32 tensors in table order.
+
+    Tensors are contiguous (the format allows no gaps); the header is padded
+    with spaces so that 8 + len(header) is a multiple of ALIGN.
+    """
     entries, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, slot in table.items():
         size = 4 * int(np.prod(slot.shape))
         entries[name] = {"dtype": "F32", "shape": list(slot.shape), "data_offsets": [offset, offset + size]}
         offset += size
     header = json.dumps(entries, separators=(",", ":")).encode()
-    return header + b" " * (-len(header) % 8)
+    return header + b" " * (-(8 + len(header)) % ALIGN)
 
 
 def write_safetensors(model: Model, path: Path) -> None:
