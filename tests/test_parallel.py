@@ -52,6 +52,15 @@ def test_greedy_sampler_tokens_identical_across_meshes(eight_devices, mesh):
     assert r["tokens_equal"] and "data" in r["token_spec"], r["token_spec"]
 
 
+def test_cpu_mesh_decode_reads_transposed_kernels_sharded_transposed(eight_devices):
+    """On CPU devices the sharded decode reads kernel.T [out, in], sharded with the spec reversed."""
+    layout = eight_devices["meshes"]["1,2,4"]["decode_layout"]
+    q_shape, q_spec = layout["q_t"]
+    assert q_spec == ["tensor", "fsdp"] and q_shape == [64, 32] and layout["q_t_equal"]  # q_proj [32, 64]
+    head_shape, head_spec = layout["head_t"]
+    assert head_spec == ["tensor", "fsdp"] and head_shape[0] > head_shape[1]  # lm_head [D, V] -> [V, D]
+
+
 @pytest.mark.parametrize("mesh,fsdp,tensor", [("1,2,4", 2, 4), ("1,8,1", 8, 1), ("2,2,2", 2, 2)])
 def test_params_and_adam_moments_are_sharded_not_replicated(eight_devices, mesh, fsdp, tensor):
     placed = eight_devices["meshes"][mesh]["placement"]

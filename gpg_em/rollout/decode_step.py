@@ -64,15 +64,19 @@ def decode_weights(params, cfg: ModelConfig, transpose: bool):
     so callers make it once per `decode` call with `jit_decode_weights`. Without `transpose` (accelerators,
     whose layout assignment handles this) the kernels are used as they are, at no extra memory.
     """
-    if not transpose:
-        return params
-    def walk(tree):
-        if not isinstance(tree, dict):
-            return tree
-        return {("kernel_t" if k == "kernel" else k): (v.T if k == "kernel" else walk(v)) for k, v in tree.items()}
-    out = walk(params)
+    return to_decode_layout(params, cfg, lambda w: w.T) if transpose else params
+
+
+def to_decode_layout(tree, cfg: ModelConfig, flip):
+    """`tree` (params, or any pytree shaped like them, e.g. their shardings) with every `kernel` leaf
+    renamed `kernel_t` and an untied `lm_head` renamed `lm_head_t`, each mapped by `flip` (a transpose)."""
+    def walk(node):
+        if not isinstance(node, dict):
+            return node
+        return {("kernel_t" if k == "kernel" else k): (flip(v) if k == "kernel" else walk(v)) for k, v in node.items()}
+    out = walk(tree)
     if not cfg.tie_embeddings:
-        out["lm_head_t"] = out.pop("lm_head").T
+        out["lm_head_t"] = flip(out.pop("lm_head"))
     return out
 
 

@@ -8,10 +8,13 @@ and the KV cache over the batch axes (prompts) and `tensor` (KV heads):
     prompt_k_t [n, KVH, Dh, P]   ("batch", "act_kv_heads", "head_dim", "length")
     gen_v      [n, KVH, G, N, Dh] ("batch", "act_kv_heads", None, "length", "head_dim")
 
-Dimensions that do not divide their mesh axes are replicated. The decode
-reads the kernels as stored (`decode_weights(transpose=False)`): the
-transposed copy is a single-CPU optimisation and would be a second,
-differently sharded copy of every weight on a mesh.
+Dimensions that do not divide their mesh axes are replicated. On
+accelerators the decode reads the kernels as stored. On a mesh of CPU
+devices it reads the feature-major copy `decode_weights(transpose=True)`
+(made once per call, each kernel's sharding transposed with it), as the
+single-CPU sampler does: XLA:CPU runs the decode's products about 2x faster
+that way (`--xla_force_host_platform_device_count=K` gives one host K CPU
+devices; `benchmarks/sampler.py --cpu-devices K` measures the sampler so).
 """
 from __future__ import annotations
 
@@ -20,14 +23,14 @@ import functools
 import jax
 import numpy as np
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.model import init_params
 from gpg_em.parallel import (agree_max, all_rows, batch_sharding, fit_sharding, fit_shardings, global_batch,
                              left_pad_to, logical_sharding, on_mesh, process_slice, replicated)
 from gpg_em.rollout import sampler
-from gpg_em.rollout.decode_step import KVCache
+from gpg_em.rollout.decode_step import KVCache, decode_weights, to_decode_layout
 from gpg_em.rollout.sampling import SamplingConfig
 from gpg_em.rollout.state import DecodeState, SampleOutput
 
@@ -47,6 +50,16 @@ def state_shardings(abstract: DecodeState, mesh: Mesh) -> DecodeState:
         last=rows(abstract.last), positions=rows(abstract.positions), prompt_mask=rows(abstract.prompt_mask),
         cache=cache, rng=replicated(mesh), row_ids=rows(abstract.row_ids))
     return fit_shardings(abstract, wanted, mesh)
+
+
+def _transposed(sharding: NamedSharding) -> NamedSharding:
+    """The sharding of a 2-D kernel's transpose: its partition spec reversed."""
+    spec = tuple(sharding.spec) + (None,) * (2 - len(sharding.spec))
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec[::-1]))
+
+
+def on_cpu(mesh: Mesh) -> bool:
+    return all(d.platform == "cpu" for d in mesh.devices.flat)
 
 
 class ShardedSampler:
@@ -69,9 +82,19 @@ class ShardedSampler:
                       in_shardings=(self.param_shardings, prompts, prompts, replicated(self.mesh)))
         decode = functools.partial(sampler.decode, cfg=self.cfg, sampling=sampling)
         # The state (its KV cache) is donated: the loop carry reuses prefill's buffers (see sampler.decode).
-        dec = jax.jit(on_mesh(decode, self.mesh), in_shardings=(self.param_shardings, s_shard),
+        dec = jax.jit(on_mesh(decode, self.mesh), in_shardings=(self.decode_layout()[1], s_shard),
                       out_shardings=s_shard, donate_argnums=(1,))
         return pre, dec, s_shard, prompts
+
+    @functools.lru_cache(maxsize=1)
+    def decode_layout(self):
+        """(params -> the weights the decode reads, their shardings): the feature-major copy on CPU."""
+        if not on_cpu(self.mesh):
+            return (lambda params: params), self.param_shardings
+        shardings = to_decode_layout(self.param_shardings, self.cfg, _transposed)
+        to_decode = jax.jit(functools.partial(decode_weights, cfg=self.cfg, transpose=True),
+                            in_shardings=(self.param_shardings,), out_shardings=shardings)
+        return to_decode, shardings
 
     def __call__(self, params, prompt_ids_NxP, prompt_mask_NxP, rng, *, sampling: SamplingConfig,
                  max_new_tokens: int, num_samples: int = 1) -> SampleOutput:
@@ -80,7 +103,7 @@ class ShardedSampler:
         pre, dec, _, _ = self.jitted(sampling, max_new_tokens, num_samples, n, P)
         state = pre(params, prompt_ids_NxP, prompt_mask_NxP, rng)
         if max_new_tokens > 1:
-            state = dec(params, state)
+            state = dec(self.decode_layout()[0](params), state)
         return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
 
 
