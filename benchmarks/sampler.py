@@ -17,7 +17,8 @@ parameters) FLOPs plus attention, and reads every weight once plus the KV
 cache. Measured here: FLOP/s of a [B, D] x [D, F] matmul (the decode shape)
 and of a large square one, and bandwidth of a large array copy. The floor per
 step is max(FLOPs / matmul rate, bytes / bandwidth); tokens/s at the floor
-is B / floor. Load average is printed before and after (the machine is shared).
+is B / floor (measured on one device: with `--cpu-devices` it understates
+the machine). Load average is printed before and after (the machine is shared).
 
 `--cpu-devices K` runs gpg_em on K CPU devices of this host
 (`--xla_force_host_platform_device_count`, set before JAX starts): the
