@@ -77,7 +77,7 @@ def greedy_tokens(params, shape, devices):
     sampler = ShardedSampler(CFG, mesh, shardings.params)
     out = sampler(state.params, ids, mask, jax.random.PRNGKey(0), sampling=sampling, max_new_tokens=12,
                   num_samples=G)
-    weights = sampler.decode_layout()[0](state.params)  # on CPU devices: the feature-major copy
+    weights = sampler.decode_weights(state.params)  # on CPU devices: the feature-major copy
     q_t, head_t = weights["layers_0"]["attn"]["q_proj"]["kernel_t"], weights["lm_head_t"]
     layout = {"q_t": [list(q_t.shape), [str(a) for a in q_t.sharding.spec]],
               "head_t": [list(head_t.shape), [str(a) for a in head_t.sharding.spec]],

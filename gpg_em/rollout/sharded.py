@@ -58,8 +58,15 @@ def _transposed(sharding: NamedSharding) -> NamedSharding:
     return NamedSharding(sharding.mesh, PartitionSpec(*spec[::-1]))
 
 
-def on_cpu(mesh: Mesh) -> bool:
-    return all(d.platform == "cpu" for d in mesh.devices.flat)
+def _decode_layout(cfg: ModelConfig, mesh: Mesh, param_shardings):
+    """(params -> the weights the decode reads, their shardings): on CPU devices the feature-major copy
+    (`decode_weights(transpose=True)`), elsewhere the params as they are."""
+    if not all(d.platform == "cpu" for d in mesh.devices.flat):
+        return (lambda params: params), param_shardings
+    shardings = to_decode_layout(param_shardings, cfg, _transposed)
+    to_decode = jax.jit(functools.partial(decode_weights, cfg=cfg, transpose=True),
+                        in_shardings=(param_shardings,), out_shardings=shardings)
+    return to_decode, shardings
 
 
 class ShardedSampler:
@@ -68,6 +75,7 @@ class ShardedSampler:
     def __init__(self, cfg: ModelConfig, mesh: Mesh, param_shardings):
         self.cfg, self.mesh, self.param_shardings = cfg, mesh, param_shardings
         self.abstract_params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+        self.decode_weights, self.decode_shardings = _decode_layout(cfg, mesh, param_shardings)
 
     @functools.lru_cache(maxsize=64)
     def jitted(self, sampling: SamplingConfig, max_new_tokens: int, num_samples: int, n: int, P: int):
@@ -82,19 +90,9 @@ class ShardedSampler:
                       in_shardings=(self.param_shardings, prompts, prompts, replicated(self.mesh)))
         decode = functools.partial(sampler.decode, cfg=self.cfg, sampling=sampling)
         # The state (its KV cache) is donated: the loop carry reuses prefill's buffers (see sampler.decode).
-        dec = jax.jit(on_mesh(decode, self.mesh), in_shardings=(self.decode_layout()[1], s_shard),
+        dec = jax.jit(on_mesh(decode, self.mesh), in_shardings=(self.decode_shardings, s_shard),
                       out_shardings=s_shard, donate_argnums=(1,))
         return pre, dec, s_shard, prompts
-
-    @functools.lru_cache(maxsize=1)
-    def decode_layout(self):
-        """(params -> the weights the decode reads, their shardings): the feature-major copy on CPU."""
-        if not on_cpu(self.mesh):
-            return (lambda params: params), self.param_shardings
-        shardings = to_decode_layout(self.param_shardings, self.cfg, _transposed)
-        to_decode = jax.jit(functools.partial(decode_weights, cfg=self.cfg, transpose=True),
-                            in_shardings=(self.param_shardings,), out_shardings=shardings)
-        return to_decode, shardings
 
     def __call__(self, params, prompt_ids_NxP, prompt_mask_NxP, rng, *, sampling: SamplingConfig,
                  max_new_tokens: int, num_samples: int = 1) -> SampleOutput:
@@ -103,7 +101,7 @@ class ShardedSampler:
         pre, dec, _, _ = self.jitted(sampling, max_new_tokens, num_samples, n, P)
         state = pre(params, prompt_ids_NxP, prompt_mask_NxP, rng)
         if max_new_tokens > 1:
-            state = dec(self.decode_layout()[0](params), state)
+            state = dec(self.decode_weights(params), state)
         return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
 
 

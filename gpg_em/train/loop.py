@@ -17,8 +17,8 @@ from tqdm import tqdm
 from gpg_em.data import PromptFormatter, PromptIterator, make_length_fn, make_source
 from gpg_em.models import Model
 from gpg_em.models.shared_prefix import packed_width, packing_index
-from gpg_em.parallel import (agree_any, agree_max, batch_shards, gather_host_rows, global_batch, is_primary, left_pad_to,
-                             process_slice, replicated_array)
+from gpg_em.parallel import (agree_any, agree_max, batch_shards, gather_host_rows, global_batch, is_primary,
+                             left_pad_to, process_slice, replicated_array)
 from gpg_em.rewards import build_rewards
 from gpg_em.rollout.sharded import process_sampler
 from gpg_em.train import checkpoint as ckpt, host_memory

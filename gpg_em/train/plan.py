@@ -83,7 +83,7 @@ def plan_sampler(c, cfg, params, mesh) -> dict[str, int]:
     rng = jax.random.PRNGKey(0)
     state = jax.eval_shape(pre, params, ids, ids, rng)
     m_pre = pre.lower(params, ids, ids, rng).compile().memory_analysis()
-    weights = jax.eval_shape(sampler.decode_layout()[0], params)  # the layout the decode reads (same bytes)
+    weights = jax.eval_shape(sampler.decode_weights, params)  # the layout the decode reads (same bytes)
     m_dec = dec.lower(weights, state).compile().memory_analysis()
     p, cache = device_bytes(params, p_shard), device_bytes(state.cache, s_shard.cache)
     total = lambda m: m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
