@@ -162,6 +162,13 @@ def _block(lp, cfg: ModelConfig, x_DxB, cos, sin, prompt_mask_nxP, cache: KVCach
     return x + _linear_fm(mlp["down_proj"], jax.nn.silu(gate) * up, dt), cache
 
 
+def rope_cos_sin(cfg: ModelConfig, position_B):
+    """RoPE tables cos, sin [Dh, B] of the rows' positions (angles duplicated over the two halves)."""
+    angles = jnp.asarray(inverse_frequencies(cfg))[:, None] * position_B.astype(jnp.float32)[None, :]
+    angles = jnp.concatenate([angles, angles], axis=0)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
 def step_hidden(params, cfg: ModelConfig, token_B, position_B, prompt_mask_nxP, cache: list[KVCache], index):
     """Final-norm hidden state, feature-major [D, B], of generated token `index` of every row (written at
     generated slot `index`, attending to its prompt's valid slots and generated slots <= index); new cache.
@@ -169,9 +176,7 @@ def step_hidden(params, cfg: ModelConfig, token_B, position_B, prompt_mask_nxP, 
     `params` come from `decode_weights`.
     """
     dt = _dtype(cfg)
-    angles = jnp.asarray(inverse_frequencies(cfg))[:, None] * position_B.astype(jnp.float32)[None, :]
-    angles = jnp.concatenate([angles, angles], axis=0)  # [Dh, B]
-    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    cos, sin = rope_cos_sin(cfg, position_B)
     x = jnp.take(params["embed"], token_B, axis=0).astype(dt).T  # [D, B]
     pmask = prompt_mask_nxP.astype(bool)
     new_cache = []

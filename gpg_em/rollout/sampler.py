@@ -32,6 +32,7 @@ import numpy as np
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.decoder import Decoder, init_cache
 from gpg_em.models.model import positions_from_mask
+from gpg_em.rollout import decode_cpu
 from gpg_em.rollout.adaptive_temperature import adaptive_temperature_logits
 from gpg_em.rollout.decode_step import KVCache, from_prefill_cache, jit_decode_weights, step_hidden, step_logits
 from gpg_em.rollout.em_inf import em_inf_logits
@@ -128,8 +129,12 @@ def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, s
 def _decode_step(params, state: DecodeState, cfg: ModelConfig, sampling: SamplingConfig) -> DecodeState:
     """Feeds `last` at its cache slot, draws tokens[:, step] for rows not done."""
     t = state.step
-    hidden, cache = step_hidden(params, cfg, state.last, state.positions, state.prompt_mask, state.cache, t - 1)
-    z = modify_logits(step_logits(params, cfg, hidden), sampling)
+    if isinstance(params, decode_cpu.PackedWeights):
+        z, cache = decode_cpu.step(params, cfg, state.last, state.positions, state.prompt_mask, state.cache, t - 1)
+    else:
+        hidden, cache = step_hidden(params, cfg, state.last, state.positions, state.prompt_mask, state.cache, t - 1)
+        z = step_logits(params, cfg, hidden)
+    z = modify_logits(z, sampling)
     token, logp, ent = choose_tokens(z, jax.random.fold_in(state.rng, t), sampling, state.row_ids, state.total_rows)
     live = ~state.done
     token = jnp.where(live, token, sampling.pad_token_id)
@@ -156,7 +161,8 @@ def decode(params, state: DecodeState, min_live=0, *, cfg: ModelConfig, sampling
     """Decodes until every row is done or max_new_tokens tokens exist (early exit), or until at most
     `min_live` rows are still live (a traced scalar: `sample` then compacts the batch).
 
-    `params` are `decode_step.decode_weights(params, cfg, transpose)` (see there)."""
+    `params` are `decode_weights_for(params, cfg)`: the kernel's `decode_cpu.PackedWeights` or
+    `decode_step.decode_weights(params, cfg, transpose)` (see there)."""
     def cond(s: DecodeState):
         return (s.step < s.max_new_tokens) & (jnp.sum(~s.done) > min_live)
 
@@ -204,6 +210,14 @@ def _keep_live_first(done_B: np.ndarray, rows: int) -> np.ndarray:
     return order[:rows].astype(np.int32)
 
 
+def decode_weights_for(params, cfg: ModelConfig):
+    """The weights `decode` reads on this backend: the native kernel's packed copy on CPU where it
+    applies (`decode_cpu.use_kernel`), else the feature-major copy on CPU, else the params as they are."""
+    if decode_cpu.use_kernel(cfg):
+        return decode_cpu.packed_weights(params, cfg)
+    return jit_decode_weights(params, cfg=cfg, transpose=jax.default_backend() == "cpu")
+
+
 def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sampling: SamplingConfig,
            max_new_tokens: int, num_samples: int = 1, compact_min_rows: int = COMPACT_MIN_ROWS) -> SampleOutput:
     """Samples `num_samples` completions per left-padded prompt. Pure; returns device arrays [n * G, N].
@@ -224,7 +238,7 @@ def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sa
                     max_new_tokens=max_new_tokens, num_samples=num_samples)
     if max_new_tokens == 1:  # (saves compiling a loop that would not run)
         return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
-    weights = jit_decode_weights(params, cfg=cfg, transpose=jax.default_backend() == "cpu")
+    weights = decode_weights_for(params, cfg)
     out, rows = None, state.tokens.shape[0]
     while True:
         half = rows // 2
