@@ -90,11 +90,14 @@ def test_seed_reproducible_and_varies():
     assert (a.tokens[0] != a.tokens[1]).any()  # two samples of one prompt differ
 
 
+@pytest.mark.parametrize("kernel", ["1", "0"])
 @pytest.mark.parametrize("variant", [{}, {"qkv_bias": True, "tie_embeddings": True}, {"qk_norm": True}])
-def test_greedy_follows_teacher_forced_argmax(variant):
-    """The decode step (its own feature-major code) agrees with the decoder for the Llama, Qwen2
-    (q/k/v bias, tied head) and Qwen3 (q/k RMSNorm) variants."""
+def test_greedy_follows_teacher_forced_argmax(variant, kernel, monkeypatch):
+    """The decode step (its own code: the native CPU kernel, or with GPG_EM_CPU_KERNEL=0 the XLA
+    feature-major step) agrees with the decoder for the Llama, Qwen2 (q/k/v bias, tied head) and
+    Qwen3 (q/k RMSNorm) variants."""
     import dataclasses
+    monkeypatch.setenv("GPG_EM_CPU_KERNEL", kernel)
     if variant:
         cfg = dataclasses.replace(TINY, **variant)
         params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype),

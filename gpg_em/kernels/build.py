@@ -6,7 +6,7 @@ compiler command, jaxlib's version and this CPU's flags, so a changed source or 
 builds afresh and a stale library is never loaded. The build writes a temporary file and renames
 it, so concurrent processes never load a half-written library.
 
-Set `GPG_EM_CPU_KERNEL=0` to turn the kernel off (the sampler then runs its XLA decode step).
+`GPG_EM_CPU_KERNEL=0` keeps the sampler on its XLA decode step (`gpg_em.rollout.decode_cpu`).
 Without a C++ compiler or AVX-512 the kernel is unavailable, a warning says why, and the XLA
 step runs.
 """
@@ -70,8 +70,6 @@ def _unavailable(why: str) -> bool:
 @functools.lru_cache(maxsize=None)
 def decode_kernel_available() -> bool:
     """True once the kernel is compiled (or found in the cache), loaded and registered for "cpu"."""
-    if os.environ.get("GPG_EM_CPU_KERNEL", "1") == "0":
-        return False
     if "avx512f" not in _cpu_flags():
         return _unavailable("this CPU has no AVX-512")
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")

@@ -7,12 +7,14 @@ how the work is done: every layer of the step runs in one C++ call over weights 
 step at B = 32 rows takes ~65 ms against ~135 ms for the XLA step (`benchmarks/sampler.py`).
 
 Used by `sampler.sample` when `use_kernel(cfg)`: the default backend is CPU, the model computes in
-float32, its head_dim is at most 512 and the kernel builds here (`gpg_em.kernels`). The
-sharded sampler and accelerators keep the XLA step.
+float32, its head_dim is at most 512, the kernel builds here (`gpg_em.kernels`) and the
+environment does not set `GPG_EM_CPU_KERNEL=0`. The sharded sampler and accelerators keep the XLA
+step.
 """
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 from typing import NamedTuple
 
@@ -45,8 +47,8 @@ class PackedWeights(NamedTuple):
 
 def use_kernel(cfg: ModelConfig) -> bool:
     """Whether `sample` decodes with the native kernel (see the module docstring)."""
-    return (jax.default_backend() == "cpu" and cfg.dtype == "float32" and cfg.head_dim <= 512
-            and decode_kernel_available())
+    return (os.environ.get("GPG_EM_CPU_KERNEL", "1") != "0" and jax.default_backend() == "cpu"
+            and cfg.dtype == "float32" and cfg.head_dim <= 512 and decode_kernel_available())
 
 
 def pack_panels(w_KxN: jnp.ndarray) -> jnp.ndarray:
