@@ -179,9 +179,9 @@ inline void Tile(const float* x, int64_t ldx, const float* panel, int64_t k0, in
       acc[r][c] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m[c], y + r * ldy + 16 * c);
   for (int64_t k = k0; k < k1; ++k) {
     const float* w = panel + k * kPanel;
-    _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * kPanel), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * kPanel + 16), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * kPanel + 32), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * kPanel), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * kPanel + 16), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * kPanel + 32), _MM_HINT_T1);
     const __m512 b0 = _mm512_loadu_ps(w), b1 = _mm512_loadu_ps(w + 16), b2 = _mm512_loadu_ps(w + 32);
     for (int r = 0; r < R; ++r) {
       const __m512 a = _mm512_set1_ps(x[r * ldx + k]);
@@ -392,11 +392,12 @@ void Layer(const Dims& dm, const LayerWeights& w, const LayerCache& c, const flo
     }
   }
   const int64_t S = dm.P + dm.index + 1;
+  // Tasks in the cache's (prompt, kv-head, sample) order, so consecutive tasks read consecutive blocks.
   pool.For(B * KVH, [&](int64_t t0, int64_t t1) {
     std::vector<float> s(dm.Q() * S);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / KVH, kh = t % KVH, i = b / dm.G, j = b % dm.G;
-      const int64_t at = ((i * KVH + kh) * dm.G + j) * Dh;
+      const int64_t i = t / (KVH * dm.G), kh = t / dm.G % KVH, j = t % dm.G, b = i * dm.G + j;
+      const int64_t at = t * Dh;
       AttendOne(dm, c, prompt_bias, sc.qkv.data() + b * NQKV, k_new + at, v_new + at, b, kh, s.data(),
                 sc.attn.data() + b * H * Dh);
     }
