@@ -92,6 +92,9 @@ def test_packed_weights_reused_for_the_same_params_and_dropped_with_them():
     del other
     gc.collect()
     assert decode_cpu._LastPacked.entry is None  # the packed copy went with its params
+    decode_cpu.packed_weights(params, cfg)
+    decode_cpu.release_packed_weights()
+    assert decode_cpu._LastPacked.entry is None
 
 
 @needs_kernel

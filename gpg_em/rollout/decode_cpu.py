@@ -115,6 +115,12 @@ class _LastPacked:
             cls.entry = None
 
 
+def release_packed_weights() -> None:
+    """Drops the cached packed copy now (the trainer calls this before its update, whose peak memory
+    the copy would otherwise add to while the rollout's params are still alive)."""
+    _LastPacked.entry = None
+
+
 def packed_weights(params, cfg: ModelConfig) -> PackedWeights:
     """`pack_weights(params, cfg)`, reusing the previous result while the same params arrays are passed."""
     return _LastPacked.get(params, cfg)

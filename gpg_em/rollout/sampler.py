@@ -10,8 +10,11 @@
 * Generated token t of every row sits in generated slot t of the cache
   (`decode_step.KVCache`), so one scalar index serves the whole batch and
   the per-step update is a `dynamic_update_slice` of one slot.
-* The decode step runs feature-major on transposed weights on CPU (see
-  `decode_step.decode_weights`).
+* On CPU a float32 model decodes with the native kernel
+  (`decode_cpu`: every layer of a step in one call, over weights packed
+  once, ~2x the XLA step); otherwise the XLA step runs, feature-major on
+  transposed weights on CPU (`decode_step.decode_weights`), on the params
+  as they are on accelerators.
 * Decode stops when every row has produced a stop token, or after
   max_new_tokens.
 * Compiled shapes: one (prefill, decode) pair per distinct

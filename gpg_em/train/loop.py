@@ -20,6 +20,7 @@ from gpg_em.models.shared_prefix import packed_width, packing_index
 from gpg_em.parallel import (agree_any, agree_max, batch_shards, gather_host_rows, global_batch, is_primary,
                              left_pad_to, process_slice, replicated_array)
 from gpg_em.rewards import build_rewards
+from gpg_em.rollout.decode_cpu import release_packed_weights
 from gpg_em.rollout.sharded import process_sampler
 from gpg_em.train import checkpoint as ckpt, host_memory
 from gpg_em.train.evaluate import evaluate
@@ -123,6 +124,7 @@ class Trainer:
         self._timing = dict(sample_seconds=0.0, reward_seconds=0.0, logprob_seconds=0.0)
         t0 = time.perf_counter()
         batch, info = self.collect(step)
+        release_packed_weights()  # the sampler's packed weight copy, kept while rounds reuse the params
         host_memory.trim()
         t1 = time.perf_counter()
         arrays = self.train_batch(batch)
