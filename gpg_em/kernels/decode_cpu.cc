@@ -47,7 +47,7 @@ namespace {
 constexpr int64_t kPanel = 48;   // packed panel width: three 16-float vectors
 constexpr int64_t kChunk = 64;   // k rows of a panel used by all row blocks while they sit in L1
 constexpr int64_t kAhead = 128;  // software prefetch distance, in panel rows (24 KiB)
-constexpr int kSpin = 4000;      // pause instructions a worker spins before it sleeps (~100 us)
+constexpr int kSpin = 4000;      // pause instructions a worker spins before it sleeps (~0.2-0.5 ms)
 
 // ------------------------------------------------------------------ threads
 
@@ -374,23 +374,27 @@ void Layer(const Dims& dm, const LayerWeights& w, const LayerCache& c, const flo
            Scratch& sc) {
   const int64_t B = dm.B, D = dm.D, H = dm.H, KVH = dm.KVH, Dh = dm.Dh, F = dm.F, NQKV = dm.NQKV();
   Pool& pool = GetPool();
-  for (int64_t b = 0; b < B; ++b) RmsNorm(x + b * D, w.in_norm, D, eps, sc.h.data() + b * D);
+  pool.For(B, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) RmsNorm(x + b * D, w.in_norm, D, eps, sc.h.data() + b * D);
+  });
   Gemm(sc.h.data(), B, D, w.w_qkv, NQKV, sc.qkv.data());
-  for (int64_t b = 0; b < B; ++b) {
-    float* row = sc.qkv.data() + b * NQKV;
-    for (int64_t f = 0; f < NQKV; ++f) row[f] += w.b_qkv[f];
-    for (int64_t hd = 0; hd < H + KVH; ++hd) {  // q heads then k heads
-      float* head = row + hd * Dh;
-      if (qk_norm) RmsNorm(head, hd < H ? w.q_norm : w.k_norm, Dh, eps, head);
-      Rope(head, cos + b * Dh, sin + b * Dh, Dh);
+  pool.For(B, [&](int64_t b0, int64_t b1) {  // bias, q/k norm, RoPE; this step's key/value out
+    for (int64_t b = b0; b < b1; ++b) {
+      float* row = sc.qkv.data() + b * NQKV;
+      for (int64_t f = 0; f < NQKV; ++f) row[f] += w.b_qkv[f];
+      for (int64_t hd = 0; hd < H + KVH; ++hd) {  // q heads then k heads
+        float* head = row + hd * Dh;
+        if (qk_norm) RmsNorm(head, hd < H ? w.q_norm : w.k_norm, Dh, eps, head);
+        Rope(head, cos + b * Dh, sin + b * Dh, Dh);
+      }
+      const int64_t i = b / dm.G, j = b % dm.G;
+      for (int64_t kh = 0; kh < KVH; ++kh) {  // in the cache's [n, KVH, G, Dh] order
+        const int64_t at = ((i * KVH + kh) * dm.G + j) * Dh;
+        std::copy(row + (H + kh) * Dh, row + (H + kh + 1) * Dh, k_new + at);
+        std::copy(row + (H + KVH + kh) * Dh, row + (H + KVH + kh + 1) * Dh, v_new + at);
+      }
     }
-    const int64_t i = b / dm.G, j = b % dm.G;
-    for (int64_t kh = 0; kh < KVH; ++kh) {  // this step's key/value, in the cache's [n, KVH, G, Dh] order
-      const int64_t at = ((i * KVH + kh) * dm.G + j) * Dh;
-      std::copy(row + (H + kh) * Dh, row + (H + kh + 1) * Dh, k_new + at);
-      std::copy(row + (H + KVH + kh) * Dh, row + (H + KVH + kh + 1) * Dh, v_new + at);
-    }
-  }
+  });
   const int64_t S = dm.P + dm.index + 1;
   // Tasks in the cache's (prompt, kv-head, sample) order, so consecutive tasks read consecutive blocks.
   pool.For(B * KVH, [&](int64_t t0, int64_t t1) {
@@ -403,10 +407,12 @@ void Layer(const Dims& dm, const LayerWeights& w, const LayerCache& c, const flo
     }
   });
   Gemm(sc.attn.data(), B, H * Dh, w.w_o, D, sc.o.data());
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t d = 0; d < D; ++d) x[b * D + d] += sc.o[b * D + d];
-    RmsNorm(x + b * D, w.post_norm, D, eps, sc.h.data() + b * D);
-  }
+  pool.For(B, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t d = 0; d < D; ++d) x[b * D + d] += sc.o[b * D + d];
+      RmsNorm(x + b * D, w.post_norm, D, eps, sc.h.data() + b * D);
+    }
+  });
   Gemm(sc.h.data(), B, D, w.w_gu, 2 * F, sc.gu.data());
   pool.For(B, [&](int64_t b0, int64_t b1) {  // silu(gate) * up
     for (int64_t b = b0; b < b1; ++b) {
@@ -422,7 +428,9 @@ void Layer(const Dims& dm, const LayerWeights& w, const LayerCache& c, const flo
     }
   });
   Gemm(sc.act.data(), B, F, w.w_down, D, sc.o.data());
-  for (int64_t i = 0; i < B * D; ++i) x[i] += sc.o[i];
+  pool.For(B * D, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) x[i] += sc.o[i];
+  });
 }
 
 ffi::Error Fail(const std::string& what) {
