@@ -107,6 +107,17 @@ def test_kernel_reports_a_bad_index():
 
 
 @needs_kernel
+def test_kernel_reports_weights_of_another_model():
+    """Packed weights of a model with another MLP width: an error naming the array, not a crash."""
+    cfg = BASE
+    cache, mask, tokens, positions = _random_step(cfg, 2, 2, 4, 8)
+    wider = dataclasses.replace(cfg, intermediate_size=cfg.intermediate_size + 48)
+    packed = decode_cpu.pack_weights(_params(wider), cfg=wider)
+    with pytest.raises(Exception, match="w_gu has .* elements, expected"):
+        jax.block_until_ready(decode_cpu.step(packed, cfg, tokens, positions, mask, cache, 1))
+
+
+@needs_kernel
 @pytest.mark.parametrize("variant", ["llama", "qwen3-qk-norm"])
 def test_sampler_same_tokens_with_kernel_and_with_xla_step(monkeypatch, variant):
     """Greedy completions agree token for token; recorded log-probs and entropies within 1e-5."""

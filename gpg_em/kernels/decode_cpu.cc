@@ -469,6 +469,40 @@ ffi::Error DecodeStep(ffi::Buffer<ffi::F32> x_in, ffi::Buffer<ffi::F32> cos, ffi
   dm.N = first_cache.value().dimensions()[4];
   dm.index = index.typed_data()[0];
   if (dm.index < 0 || dm.index >= dm.N) return Fail("index outside the generated slots");
+  const auto panels = [](int64_t n) { return (n + kPanel - 1) / kPanel; };
+  const int64_t L = dm.L, D = dm.D, HDh = dm.H * dm.Dh;
+  const struct {
+    const char* name;
+    size_t have;
+    int64_t want;
+  } sizes[] = {
+      {"post_norm", post_norm.element_count(), L * D},
+      {"final_norm", final_norm.element_count(), D},
+      {"w_qkv", w_qkv.element_count(), L * panels(dm.NQKV()) * D * kPanel},
+      {"b_qkv", b_qkv.element_count(), L * dm.NQKV()},
+      {"w_o", w_o.element_count(), L * panels(D) * HDh * kPanel},
+      {"w_gu", w_gu.element_count(), L * panels(2 * dm.F) * D * kPanel},
+      {"w_down", w_down.element_count(), L * panels(D) * dm.F * kPanel},
+      {"w_head", w_head.element_count(), panels(dm.V) * D * kPanel},
+      {"q_norm", q_norm.element_count(), L * dm.Dh},
+      {"k_norm", k_norm.element_count(), L * dm.Dh},
+      {"cos", cos.element_count(), dm.B * dm.Dh},
+      {"sin", sin.element_count(), dm.B * dm.Dh},
+      {"in_norm", in_norm.element_count(), L * D},
+  };
+  for (const auto& s : sizes)
+    if (int64_t(s.have) != s.want)
+      return Fail(std::string(s.name) + " has " + std::to_string(s.have) + " elements, expected " +
+                  std::to_string(s.want) + " for these model dimensions");
+  const int64_t cache_sizes[4] = {dm.n * dm.KVH * dm.Dh * dm.P, dm.n * dm.KVH * dm.P * dm.Dh,
+                                  dm.B * dm.KVH * dm.Dh * dm.N, dm.B * dm.KVH * dm.N * dm.Dh};
+  for (int64_t a = 0; a < 4 * L; ++a) {
+    auto buf = caches.get<ffi::Buffer<ffi::F32>>(a);
+    if (buf.has_error()) return buf.error();
+    if (int64_t(buf.value().element_count()) != cache_sizes[a % 4])
+      return Fail("cache array " + std::to_string(a % 4) + " of layer " + std::to_string(a / 4) +
+                  " has the wrong size for these model dimensions");
+  }
 
   std::vector<float> x(x_in.typed_data(), x_in.typed_data() + dm.B * dm.D);
   static Scratch sc;
@@ -481,7 +515,6 @@ ffi::Error DecodeStep(ffi::Buffer<ffi::F32> x_in, ffi::Buffer<ffi::F32> cos, ffi
 
   std::vector<float> prompt_bias(dm.n * dm.P);
   for (int64_t t = 0; t < dm.n * dm.P; ++t) prompt_bias[t] = prompt_mask.typed_data()[t] ? 0.f : -INFINITY;
-  const auto panels = [](int64_t n) { return (n + kPanel - 1) / kPanel; };
   const int64_t per_layer_kv = dm.B * dm.KVH * dm.Dh;
   for (int64_t l = 0; l < dm.L; ++l) {
     LayerCache c{};
