@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["gpg_em", "gpg_em.*", "configs"]),
     include_package_data=True,
-    package_data={"gpg_em.kernels": ["*.cc"]},  # compiled on first use (gpg_em/kernels/build.py)
+    package_data={"gpg_em.kernels": ["*.cc", "*.h"]},  # compiled on first use (gpg_em/kernels/build.py)
     install_requires=[
         "jax>=0.4.35",
         "flax>=0.10",

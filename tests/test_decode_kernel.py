@@ -137,14 +137,24 @@ def test_sampler_same_tokens_with_kernel_and_with_xla_step(monkeypatch, variant)
 
 
 def test_library_name_follows_the_source(monkeypatch, tmp_path):
-    """An edited source builds a new library instead of loading a stale one; the cache folder is settable."""
+    """An edited source or header builds a new library instead of loading a stale one; the cache folder
+    is settable."""
     monkeypatch.setenv("GPG_EM_KERNEL_CACHE", str(tmp_path))
+    kernels = build._SOURCE.parent
     original = build._library_path("c++", "/include")
     assert original.parent == tmp_path and original.name.startswith("decode_cpu-")
     edited = tmp_path / "decode_cpu.cc"
     edited.write_text(build._SOURCE.read_text() + "\n// edited\n")
     monkeypatch.setattr(build, "_SOURCE", edited)
     assert build._library_path("c++", "/include") != original
+    copy = tmp_path / "copy"  # all sources, then one header edited
+    copy.mkdir()
+    for f in [kernels / "decode_cpu.cc", *kernels.glob("*.h")]:
+        (copy / f.name).write_text(f.read_text())
+    monkeypatch.setattr(build, "_SOURCE", copy / "decode_cpu.cc")
+    before = build._library_path("c++", "/include")
+    (copy / "pool.h").write_text((copy / "pool.h").read_text() + "\n// edited\n")
+    assert build._library_path("c++", "/include") != before
 
 
 def test_kernel_unavailable_without_a_compiler(monkeypatch, tmp_path):

@@ -1,7 +1,8 @@
-"""Compiles `decode_cpu.cc` into a shared library once per machine and registers it with XLA:CPU.
+"""Compiles `decode_cpu.cc` (with its headers) into a shared library once per machine and registers it
+with XLA:CPU.
 
 The library is built with `-march=native` (the packed GEMM uses AVX-512) into a cache folder,
-`$GPG_EM_KERNEL_CACHE` or `~/.cache/gpg_em/kernels`, under a name that hashes the source, the
+`$GPG_EM_KERNEL_CACHE` or `~/.cache/gpg_em/kernels`, under a name that hashes the sources, the
 compiler command, jaxlib's version and this CPU's flags, so a changed source or another machine
 builds afresh and a stale library is never loaded. The build writes a temporary file and renames
 it, so concurrent processes never load a half-written library.
@@ -40,7 +41,8 @@ def _cpu_flags() -> str:
 def _library_path(compiler: str, include: str) -> Path:
     import jaxlib
 
-    key = hashlib.sha256("\n".join([_SOURCE.read_text(), compiler, " ".join(_FLAGS), include,
+    sources = [_SOURCE, *sorted(_SOURCE.parent.glob("*.h"))]
+    key = hashlib.sha256("\n".join([*(f.read_text() for f in sources), compiler, " ".join(_FLAGS), include,
                                     jaxlib.__version__, _cpu_flags()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("GPG_EM_KERNEL_CACHE", Path.home() / ".cache" / "gpg_em" / "kernels"))
     return cache / f"decode_cpu-{key}.so"

@@ -5,11 +5,13 @@
 // Why a kernel: at decode batch sizes (B <= 32 rows) every product is a skinny [B, K] x [K, N] GEMM
 // whose weights stream from memory once per step. XLA:CPU repacks each weight on every call and runs
 // these at ~100 GFLOP/s on two cores, and each small op (norms, RoPE, residuals) costs a thunk
-// dispatch. Here the weights are packed once (`Packed`, below) and every layer runs in one call.
+// dispatch. Here the weights are packed once (`gpg_em.rollout.decode_cpu.pack_weights`) and every
+// layer of a step runs in this one call.
 //
-// Weight layout ("packed"): a [K, N] kernel (x @ W) is stored as ceil(N / 48) panels [K, 48],
-// columns zero-padded: packed[p, k, c] = W[k, 48 p + c]. A panel's k-th row is three AVX-512
-// vectors, so the inner loop is 3 loads + 3 R fused multiply-adds for R rows of x.
+// Weight layout ("packed", packed_gemm.h): a [K, N] kernel (x @ W) is stored as ceil(N / 48) panels
+// [K, 48], columns zero-padded: packed[p, k, c] = W[k, 48 p + c]. A panel's k-th row is three
+// AVX-512 vectors, so the inner loop is 3 loads + 3 R fused multiply-adds for R rows of x.
+// Attention: attention.h; threads: pool.h.
 //
 // Operands (L layers, B = n G rows prompt-major, D model width, H/KVH heads, Dh head dim, F MLP
 // width, V vocabulary, P prompt slots, N generated slots):
@@ -23,333 +25,23 @@
 //   gen_k_t [n, KVH, G, Dh, N], gen_v [n, KVH, G, N, Dh].
 // Results: logits [B, V]; k_new, v_new [L, n, KVH, G, Dh] (RoPE applied to k), which the caller
 // writes at generated slot `index` of each layer's cache.
-#include <immintrin.h>
-#include <sched.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
-#include <cstdlib>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "attention.h"
+#include "packed_gemm.h"
+#include "pool.h"
+#include "vec_math.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using namespace gpg_em_cpu;  // NOLINT: this file's own helpers
 
 namespace {
-
-constexpr int64_t kPanel = 48;   // packed panel width: three 16-float vectors
-constexpr int64_t kChunk = 64;   // k rows of a panel used by all row blocks while they sit in L1
-constexpr int64_t kAhead = 128;  // software prefetch distance, in panel rows (24 KiB)
-constexpr int kSpin = 4000;      // pause instructions a worker spins before it sleeps (~0.2-0.5 ms)
-
-// ------------------------------------------------------------------ threads
-
-// T - 1 persistent workers plus the calling thread. `For(n, body)` runs body(begin, end) on T
-// contiguous parts of [0, n) and returns when all are done. Workers spin briefly between calls
-// (a step issues ~5 per layer back to back), then sleep, so XLA's own threads get the cores back.
-class Pool {
- public:
-  explicit Pool(int threads) : threads_(std::max(1, threads)) {
-    for (int t = 1; t < threads_; ++t) std::thread([this, t] { Work(t); }).detach();
-  }
-  int threads() const { return threads_; }
-
-  template <typename F>
-  void For(int64_t n, F&& body) {
-    if (threads_ == 1 || n < 2) {
-      body(int64_t{0}, n);
-      return;
-    }
-    using Body = std::remove_reference_t<F>;
-    job_ = [](void* ctx, int64_t b, int64_t e) { (*static_cast<Body*>(ctx))(b, e); };
-    ctx_ = &body;
-    n_ = n;
-    pending_.store(threads_ - 1, std::memory_order_relaxed);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      generation_.fetch_add(1, std::memory_order_release);
-    }
-    cv_.notify_all();
-    Run(0);
-    while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
-  }
-
- private:
-  void Run(int t) {
-    int64_t b = n_ * t / threads_, e = n_ * (t + 1) / threads_;
-    if (b < e) job_(ctx_, b, e);
-  }
-  void Work(int t) {
-    uint64_t seen = 0;
-    for (;;) {
-      for (int i = 0; i < kSpin && generation_.load(std::memory_order_acquire) == seen; ++i) _mm_pause();
-      if (generation_.load(std::memory_order_acquire) == seen) {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-      }
-      seen = generation_.load(std::memory_order_acquire);
-      Run(t);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
-    }
-  }
-
-  const int threads_;
-  void (*job_)(void*, int64_t, int64_t) = nullptr;
-  void* ctx_ = nullptr;
-  int64_t n_ = 0;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
-  std::mutex mu_;
-  std::condition_variable cv_;
-};
-
-int DefaultThreads() {
-  if (const char* env = std::getenv("GPG_EM_CPU_THREADS")) return std::max(1, std::atoi(env));
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
-// The process's pool, made on first use. A forked child has none of its parent's threads, so a
-// process whose pid changed makes its own (the parent's pool object is left as it is).
-Pool& GetPool() {
-  static Pool* pool = nullptr;  // never destroyed: its threads are detached
-  static pid_t owner = 0;
-  if (pool == nullptr || owner != getpid()) {
-    pool = new Pool(DefaultThreads());
-    owner = getpid();
-  }
-  return *pool;
-}
-
-// ------------------------------------------------------------------ vector math
-
-inline __mmask16 FirstN(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
-}
-
-// exp(x) as Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, times 2^n.
-// Below -87.3 (and for -inf) the result is 0.
-inline __m512 Exp(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.3f);
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
-  x = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.7f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
-}
-
-// y = x * rsqrt(mean(x^2) + eps) * scale over one row of d floats (the decoder's RMSNorm, float32).
-void RmsNorm(const float* x, const float* scale, int64_t d, float eps, float* y) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t i = 0; i < d; i += 16) {
-    __m512 v = _mm512_maskz_loadu_ps(FirstN(d - i), x + i);
-    acc = _mm512_fmadd_ps(v, v, acc);
-  }
-  const float inv = 1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / float(d) + eps);
-  for (int64_t i = 0; i < d; ++i) y[i] = (x[i] * inv) * scale[i];
-}
-
-// ------------------------------------------------------------------ packed GEMM
-
-// R rows of y[:, panel] (+)= x[:, k0:k1] @ panel[k0:k1]; `cols` (<= 48) of the panel's columns are real.
-template <int R>
-inline void Tile(const float* x, int64_t ldx, const float* panel, int64_t k0, int64_t k1, float* y,
-                 int64_t ldy, int64_t cols, bool first) {
-  const __mmask16 m[3] = {FirstN(cols), FirstN(cols - 16), FirstN(cols - 32)};
-  __m512 acc[R][3];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 3; ++c)
-      acc[r][c] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m[c], y + r * ldy + 16 * c);
-  for (int64_t k = k0; k < k1; ++k) {
-    const float* w = panel + k * kPanel;
-    _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * kPanel), _MM_HINT_T1);
-    _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * kPanel + 16), _MM_HINT_T1);
-    _mm_prefetch(reinterpret_cast<const char*>(w + kAhead * kPanel + 32), _MM_HINT_T1);
-    const __m512 b0 = _mm512_loadu_ps(w), b1 = _mm512_loadu_ps(w + 16), b2 = _mm512_loadu_ps(w + 32);
-    for (int r = 0; r < R; ++r) {
-      const __m512 a = _mm512_set1_ps(x[r * ldx + k]);
-      acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < 3; ++c) _mm512_mask_storeu_ps(y + r * ldy + 16 * c, m[c], acc[r][c]);
-}
-
-// y[M, N] = x[M, K] @ W for W packed as ceil(N / 48) panels [K, 48]; panels split over the pool.
-void Gemm(const float* x, int64_t M, int64_t K, const float* packed, int64_t N, float* y) {
-  const int64_t panels = (N + kPanel - 1) / kPanel;
-  GetPool().For(panels, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const float* panel = packed + p * K * kPanel;
-      const int64_t cols = std::min(kPanel, N - p * kPanel);
-      float* yp = y + p * kPanel;
-      for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-        const int64_t k1 = std::min(K, k0 + kChunk);
-        int64_t m = 0;
-        for (; m + 8 <= M; m += 8) Tile<8>(x + m * K, K, panel, k0, k1, yp + m * N, N, cols, k0 == 0);
-        if (m + 4 <= M) Tile<4>(x + m * K, K, panel, k0, k1, yp + m * N, N, cols, k0 == 0), m += 4;
-        if (m + 2 <= M) Tile<2>(x + m * K, K, panel, k0, k1, yp + m * N, N, cols, k0 == 0), m += 2;
-        if (m < M) Tile<1>(x + m * K, K, panel, k0, k1, yp + m * N, N, cols, k0 == 0);
-      }
-    }
-  });
-}
-
-// ------------------------------------------------------------------ attention
-
-struct Dims {
-  int64_t L, B, D, H, KVH, Dh, F, V, n, G, P, N, index;
-  int64_t Q() const { return H / KVH; }
-  int64_t NQKV() const { return (H + 2 * KVH) * Dh; }
-};
-
-struct LayerCache {
-  const float* prompt_k_t;  // [n, KVH, Dh, P]
-  const float* prompt_v;    // [n, KVH, P, Dh]
-  const float* gen_k_t;     // [n, KVH, G, Dh, N]
-  const float* gen_v;       // [n, KVH, G, N, Dh]
-};
-
-// s[q, t] = sum_d query[q, d] k_t[d, t] for R queries and t < count, keys stored [Dh, stride] (slot
-// minor). 64 slots per pass: 4 R independent accumulators.
-template <int R>
-void ScoresSlotMinor(const float* query, int64_t Dh, const float* k_t, int64_t stride, int64_t count, float* s,
-                     int64_t lds) {
-  for (int64_t t = 0; t < count; t += 64) {
-    const __mmask16 m[4] = {FirstN(count - t), FirstN(count - t - 16), FirstN(count - t - 32),
-                            FirstN(count - t - 48)};
-    __m512 acc[R][4];
-    for (int q = 0; q < R; ++q)
-      for (int c = 0; c < 4; ++c) acc[q][c] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < Dh; ++d) {
-      const float* row = k_t + d * stride + t;
-      __m512 k[4];
-      for (int c = 0; c < 4; ++c) k[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
-      for (int q = 0; q < R; ++q) {
-        const __m512 a = _mm512_set1_ps(query[q * Dh + d]);
-        for (int c = 0; c < 4; ++c) acc[q][c] = _mm512_fmadd_ps(a, k[c], acc[q][c]);
-      }
-    }
-    for (int q = 0; q < R; ++q)
-      for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(s + q * lds + t + 16 * c, m[c], acc[q][c]);
-  }
-}
-
-// out[q, d] += sum_t p[q, t] v[t, d] for R queries, t < count, values [count, Dh], 64 dims per pass.
-template <int R>
-void MixValues(const float* p, int64_t ldp, const float* v, int64_t count, int64_t Dh, float* out) {
-  for (int64_t d = 0; d < Dh; d += 64) {
-    const __mmask16 m[4] = {FirstN(Dh - d), FirstN(Dh - d - 16), FirstN(Dh - d - 32), FirstN(Dh - d - 48)};
-    __m512 acc[R][4];
-    for (int q = 0; q < R; ++q)
-      for (int c = 0; c < 4; ++c) acc[q][c] = _mm512_maskz_loadu_ps(m[c], out + q * Dh + d + 16 * c);
-    for (int64_t t = 0; t < count; ++t) {
-      __m512 vv[4];
-      for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(m[c], v + t * Dh + d + 16 * c);
-      for (int q = 0; q < R; ++q) {
-        const __m512 a = _mm512_set1_ps(p[q * ldp + t]);
-        for (int c = 0; c < 4; ++c) acc[q][c] = _mm512_fmadd_ps(a, vv[c], acc[q][c]);
-      }
-    }
-    for (int q = 0; q < R; ++q)
-      for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(out + q * Dh + d + 16 * c, m[c], acc[q][c]);
-  }
-}
-
-// The two products above for nq queries, in groups of at most 4 (16 accumulators).
-void Scores(const float* query, int64_t nq, int64_t Dh, const float* k_t, int64_t stride, int64_t count, float* s,
-            int64_t lds) {
-  for (int64_t q = 0; q < nq; q += 4) {
-    const float* qq = query + q * Dh;
-    float* sq = s + q * lds;
-    switch (std::min<int64_t>(4, nq - q)) {
-      case 1: ScoresSlotMinor<1>(qq, Dh, k_t, stride, count, sq, lds); break;
-      case 2: ScoresSlotMinor<2>(qq, Dh, k_t, stride, count, sq, lds); break;
-      case 3: ScoresSlotMinor<3>(qq, Dh, k_t, stride, count, sq, lds); break;
-      default: ScoresSlotMinor<4>(qq, Dh, k_t, stride, count, sq, lds);
-    }
-  }
-}
-
-void Mix(const float* p, int64_t nq, int64_t ldp, const float* v, int64_t count, int64_t Dh, float* out) {
-  for (int64_t q = 0; q < nq; q += 4) {
-    const float* pq = p + q * ldp;
-    float* oq = out + q * Dh;
-    switch (std::min<int64_t>(4, nq - q)) {
-      case 1: MixValues<1>(pq, ldp, v, count, Dh, oq); break;
-      case 2: MixValues<2>(pq, ldp, v, count, Dh, oq); break;
-      case 3: MixValues<3>(pq, ldp, v, count, Dh, oq); break;
-      default: MixValues<4>(pq, ldp, v, count, Dh, oq);
-    }
-  }
-}
-
-// Attention of row b's Q query heads of kv-head kh over [prompt slots ++ generated slots < index ++
-// this step's key]: softmax(q.k / sqrt(Dh)) @ v. `prompt_bias` [n, P] is 0 on real prompt slots and
-// -inf on padding. Writes out[h Dh + d] for h = kh Q + q. `s` holds Q S floats, S = P + index + 1.
-void AttendOne(const Dims& dm, const LayerCache& c, const float* prompt_bias, const float* q_row,
-               const float* k_new, const float* v_new, int64_t b, int64_t kh, float* s, float* out) {
-  const int64_t Q = dm.Q(), Dh = dm.Dh, P = dm.P, T = dm.index, S = P + T + 1;
-  const int64_t i = b / dm.G, j = b % dm.G;
-  const float* query = q_row + kh * Q * Dh;
-  const float* pk = c.prompt_k_t + (i * dm.KVH + kh) * Dh * P;
-  const float* pv = c.prompt_v + (i * dm.KVH + kh) * P * Dh;
-  const float* gk = c.gen_k_t + ((i * dm.KVH + kh) * dm.G + j) * Dh * dm.N;
-  const float* gv = c.gen_v + ((i * dm.KVH + kh) * dm.G + j) * dm.N * Dh;
-  Scores(query, Q, Dh, pk, P, P, s, S);
-  Scores(query, Q, Dh, gk, dm.N, T, s + P, S);
-  Scores(query, Q, Dh, k_new, 1, 1, s + P + T, S);
-  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(float(Dh)));
-  for (int64_t q = 0; q < Q; ++q) {
-    float* sq = s + q * S;
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int64_t t = 0; t < S; t += 16) {
-      const __mmask16 m = FirstN(S - t);
-      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sq + t), scale);
-      const __mmask16 mp = FirstN(P - t);  // prompt slots of this vector
-      v = _mm512_mask_add_ps(v, m & mp, v, _mm512_maskz_loadu_ps(m & mp, prompt_bias + i * P + t));
-      _mm512_mask_storeu_ps(sq + t, m, v);
-      mx = _mm512_mask_max_ps(mx, m, mx, v);
-    }
-    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t t = 0; t < S; t += 16) {
-      const __mmask16 m = FirstN(S - t);
-      const __m512 e = _mm512_maskz_mov_ps(m, Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sq + t), top)));
-      _mm512_mask_storeu_ps(sq + t, m, e);
-      sum = _mm512_add_ps(sum, e);
-    }
-    const __m512 total = _mm512_set1_ps(_mm512_reduce_add_ps(sum));
-    for (int64_t t = 0; t < S; t += 16) {
-      const __mmask16 m = FirstN(S - t);
-      _mm512_mask_storeu_ps(sq + t, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, sq + t), total));
-    }
-  }
-  float* o = out + kh * Q * Dh;
-  std::fill(o, o + Q * Dh, 0.f);
-  Mix(s, Q, S, pv, P, Dh, o);
-  Mix(s + P, Q, S, gv, T, Dh, o);
-  Mix(s + P + T, Q, S, v_new, 1, Dh, o);
-}
 
 // ------------------------------------------------------------------ one layer
 
