@@ -17,15 +17,19 @@
 
 namespace gpg_em_cpu {
 
-constexpr int kSpin = 4000;  // pause instructions a worker spins before it sleeps (~0.2-0.5 ms)
+constexpr int kSpin = 4000;        // pause instructions a worker spins before it sleeps (~0.2-0.5 ms)
+constexpr int64_t kChunksPerThread = 4;  // a job is split into T * 4 chunks, taken first come
 
-// T - 1 persistent workers plus the calling thread. `For(n, body)` runs body(begin, end) on T
-// contiguous parts of [0, n) and returns when all are done. Workers spin briefly between calls
-// (a step issues ~10 per layer back to back), then sleep, so XLA's own threads get the cores back.
+// T - 1 persistent workers plus the calling thread. `For(n, body)` splits [0, n) into up to 4 T
+// contiguous chunks; every thread takes chunks from a shared counter and runs body(begin, end) on
+// them; `For` returns when all chunks are done. Chunks go to whichever thread is free, so a worker
+// the OS has descheduled (the machine is shared) delays the call by at most the chunk it holds, not
+// by its whole share. Workers spin briefly between calls (a step issues ~10 per layer back to
+// back), then sleep, so XLA's own threads get the cores back.
 class Pool {
  public:
   explicit Pool(int threads) : threads_(std::max(1, threads)) {
-    for (int t = 1; t < threads_; ++t) std::thread([this, t] { Work(t); }).detach();
+    for (int t = 1; t < threads_; ++t) std::thread([this] { Work(); }).detach();
   }
   int threads() const { return threads_; }
 
@@ -36,25 +40,41 @@ class Pool {
       return;
     }
     using Body = std::remove_reference_t<F>;
-    job_ = [](void* ctx, int64_t b, int64_t e) { (*static_cast<Body*>(ctx))(b, e); };
-    ctx_ = &body;
-    n_ = n;
-    pending_.store(threads_ - 1, std::memory_order_relaxed);
+    Job job;
+    job.fn = [](void* ctx, int64_t b, int64_t e) { (*static_cast<Body*>(ctx))(b, e); };
+    job.ctx = &body;
+    job.n = n;
+    job.chunks = std::min<int64_t>(n, threads_ * kChunksPerThread);
+    current_.store(&job);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      generation_.fetch_add(1, std::memory_order_release);
+      generation_.fetch_add(1);
     }
     cv_.notify_all();
-    Run(0);
-    while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+    RunChunks(job);
+    while (job.done.load(std::memory_order_acquire) != job.chunks) _mm_pause();
+    // No worker may still be looking at `job` (on this stack) when it goes: a worker counts itself
+    // in `inside_` before it reads `current_` (both sequentially consistent).
+    current_.store(nullptr);
+    while (inside_.load() != 0) _mm_pause();
   }
 
  private:
-  void Run(int t) {
-    int64_t b = n_ * t / threads_, e = n_ * (t + 1) / threads_;
-    if (b < e) job_(ctx_, b, e);
+  struct Job {
+    void (*fn)(void*, int64_t, int64_t) = nullptr;
+    void* ctx = nullptr;
+    int64_t n = 0, chunks = 0;
+    std::atomic<int64_t> next{0}, done{0};
+  };
+
+  static void RunChunks(Job& job) {
+    for (int64_t c; (c = job.next.fetch_add(1, std::memory_order_relaxed)) < job.chunks;) {
+      job.fn(job.ctx, job.n * c / job.chunks, job.n * (c + 1) / job.chunks);
+      job.done.fetch_add(1, std::memory_order_release);
+    }
   }
-  void Work(int t) {
+
+  void Work() {
     uint64_t seen = 0;
     for (;;) {
       for (int i = 0; i < kSpin && generation_.load(std::memory_order_acquire) == seen; ++i) _mm_pause();
@@ -63,17 +83,16 @@ class Pool {
         cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
       }
       seen = generation_.load(std::memory_order_acquire);
-      Run(t);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      inside_.fetch_add(1);
+      if (Job* job = current_.load()) RunChunks(*job);
+      inside_.fetch_sub(1);
     }
   }
 
   const int threads_;
-  void (*job_)(void*, int64_t, int64_t) = nullptr;
-  void* ctx_ = nullptr;
-  int64_t n_ = 0;
+  std::atomic<Job*> current_{nullptr};
+  std::atomic<int> inside_{0};
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
   std::mutex mu_;
   std::condition_variable cv_;
 };
