@@ -169,3 +169,33 @@ def test_kernel_unavailable_without_a_compiler(monkeypatch, tmp_path):
             assert build.decode_kernel_available() is False
     finally:
         build.decode_kernel_available.cache_clear()
+
+
+@needs_kernel
+def test_kernel_calls_from_two_threads_agree_with_one():
+    """Steps issued from two Python threads at once (the kernel serialises them over its one pool)."""
+    import threading
+    cfg = dataclasses.replace(BASE, **VARIANTS["dh64-q3"])
+    cache, mask, tokens, positions = _random_step(cfg, 4, 8, 6, 16)
+    packed = decode_cpu.pack_weights(_params(cfg), cfg=cfg)
+    step = jax.jit(lambda p, c, i: decode_cpu.step(p, cfg, tokens, positions, mask, c, i)[0])
+    want = {i: np.asarray(step(packed, cache, i)) for i in range(8)}
+    got, errors = {}, []
+
+    def worker(indices):
+        try:
+            for _ in range(5):
+                for i in indices:
+                    got.setdefault(i, []).append(np.asarray(step(packed, cache, i)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(range(k, 8, 2),)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and not any(t.is_alive() for t in threads)
+    for i, outs in got.items():
+        for out in outs:
+            np.testing.assert_array_equal(out, want[i])
