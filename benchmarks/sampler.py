@@ -214,10 +214,12 @@ def main():
     if "transformers" in med:
         pair = np.median(np.asarray(times["transformers"]) / np.asarray(times["gpg_em"]))
         print(f"        ratio: {med['gpg_em'] / med['transformers']:.2f}x (median of per-repeat ratios {pair:.2f}x)")
-    print(f"\nroofline: matmul 2048^3 {roof['square'] / 1e9:.0f} GFLOP/s, XLA's decode shape [{B},{cfg.hidden_size}]x"
-          f"[{cfg.hidden_size},{cfg.intermediate_size}] {roof['skinny'] / 1e9:.0f} GFLOP/s, copy {roof['bw'] / 1e9:.1f} GB/s")
-    print(f"  per step {roof['flops'] / 1e9:.2f} GFLOP, {roof['bytes'] / 1e6:.0f} MB -> floor {roof['floor_s'] * 1e3:.0f} ms "
-          f"= {roof['floor_tok_s']:.0f} tok/s (at XLA's decode-shape rate {roof['floor_skinny_tok_s']:.0f} tok/s)")
+    shape = f"[{B},{cfg.hidden_size}]x[{cfg.hidden_size},{cfg.intermediate_size}]"
+    print(f"\nroofline: matmul 2048^3 {roof['square'] / 1e9:.0f} GFLOP/s, XLA's decode shape {shape} "
+          f"{roof['skinny'] / 1e9:.0f} GFLOP/s, copy {roof['bw'] / 1e9:.1f} GB/s")
+    print(f"  per step {roof['flops'] / 1e9:.2f} GFLOP, {roof['bytes'] / 1e6:.0f} MB -> "
+          f"floor {roof['floor_s'] * 1e3:.0f} ms = {roof['floor_tok_s']:.0f} tok/s "
+          f"(at XLA's decode-shape rate {roof['floor_skinny_tok_s']:.0f} tok/s)")
     print(f"  gpg_em reaches {med['gpg_em'] / roof['floor_tok_s']:.0%} of the roofline "
           f"({med['gpg_em'] / roof['floor_skinny_tok_s']:.0%} of the one at XLA's decode-shape rate)")
     print(f"other processes used {np.median(others):.2f} cores (median over timed calls; "

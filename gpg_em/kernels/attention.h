@@ -74,7 +74,8 @@ void MixValues(const float* p, int64_t ldp, const float* v, int64_t count, int64
 }
 
 // The two products above for nq queries, in groups of at most 4 (16 accumulators).
-inline void Scores(const float* query, int64_t nq, int64_t Dh, const float* k_t, int64_t stride, int64_t count, float* s,
+inline void Scores(const float* query, int64_t nq, int64_t Dh, const float* k_t, int64_t stride, int64_t count,
+                   float* s,
             int64_t lds) {
   for (int64_t q = 0; q < nq; q += 4) {
     const float* qq = query + q * Dh;

@@ -113,8 +113,8 @@ void Layer(const Dims& dm, const LayerWeights& w, const LayerCache& c, const flo
       for (int64_t f = 0; f < F; f += 16) {
         const __mmask16 m = FirstN(F - f);
         const __m512 gv = _mm512_maskz_loadu_ps(m, g + f), uv = _mm512_maskz_loadu_ps(m, g + F + f);
-        const __m512 sig = _mm512_div_ps(_mm512_set1_ps(1.f),
-                                         _mm512_add_ps(_mm512_set1_ps(1.f), Exp(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+        const __m512 one = _mm512_set1_ps(1.f);  // sigmoid(g) = 1 / (1 + exp(-g))
+        const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, Exp(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
         _mm512_mask_storeu_ps(a + f, m, _mm512_mul_ps(_mm512_mul_ps(gv, sig), uv));
       }
     }
@@ -228,7 +228,8 @@ ffi::Error DecodeStep(ffi::Buffer<ffi::F32> x_in, ffi::Buffer<ffi::F32> cos, ffi
     Layer(dm, w, c, cos.typed_data(), sin.typed_data(), prompt_bias.data(), eps, qk_norm != 0,
           x.data(), k_new->typed_data() + l * per_layer_kv, v_new->typed_data() + l * per_layer_kv, sc);
   }
-  for (int64_t b = 0; b < dm.B; ++b) RmsNorm(x.data() + b * dm.D, final_norm.typed_data(), dm.D, eps, sc.h.data() + b * dm.D);
+  for (int64_t b = 0; b < dm.B; ++b)
+    RmsNorm(x.data() + b * dm.D, final_norm.typed_data(), dm.D, eps, sc.h.data() + b * dm.D);
   Gemm(sc.h.data(), dm.B, dm.D, w_head.typed_data(), dm.V, logits->typed_data());
   return ffi::Error::Success();
 }
