@@ -188,12 +188,14 @@ ffi::Error DecodeStep(ffi::Buffer<ffi::F32> x_in, ffi::Buffer<ffi::F32> cos, ffi
                   std::to_string(s.want) + " for these model dimensions");
   const int64_t cache_sizes[4] = {dm.n * dm.KVH * dm.Dh * dm.P, dm.n * dm.KVH * dm.P * dm.Dh,
                                   dm.B * dm.KVH * dm.Dh * dm.N, dm.B * dm.KVH * dm.N * dm.Dh};
+  std::vector<const float*> cache_data(4 * L);  // layer l's arrays at 4 l .. 4 l + 3
   for (int64_t a = 0; a < 4 * L; ++a) {
     auto buf = caches.get<ffi::Buffer<ffi::F32>>(a);
     if (buf.has_error()) return buf.error();
     if (int64_t(buf.value().element_count()) != cache_sizes[a % 4])
       return Fail("cache array " + std::to_string(a % 4) + " of layer " + std::to_string(a / 4) +
                   " has the wrong size for these model dimensions");
+    cache_data[a] = buf.value().typed_data();
   }
 
   std::vector<float> x(x_in.typed_data(), x_in.typed_data() + dm.B * dm.D);
@@ -209,13 +211,7 @@ ffi::Error DecodeStep(ffi::Buffer<ffi::F32> x_in, ffi::Buffer<ffi::F32> cos, ffi
   for (int64_t t = 0; t < dm.n * dm.P; ++t) prompt_bias[t] = prompt_mask.typed_data()[t] ? 0.f : -INFINITY;
   const int64_t per_layer_kv = dm.B * dm.KVH * dm.Dh;
   for (int64_t l = 0; l < dm.L; ++l) {
-    LayerCache c{};
-    const float** slots[4] = {&c.prompt_k_t, &c.prompt_v, &c.gen_k_t, &c.gen_v};
-    for (int a = 0; a < 4; ++a) {
-      auto buf = caches.get<ffi::Buffer<ffi::F32>>(4 * l + a);
-      if (buf.has_error()) return buf.error();
-      *slots[a] = buf.value().typed_data();
-    }
+    const LayerCache c{cache_data[4 * l], cache_data[4 * l + 1], cache_data[4 * l + 2], cache_data[4 * l + 3]};
     LayerWeights w{in_norm.typed_data() + l * dm.D,
                    post_norm.typed_data() + l * dm.D,
                    w_qkv.typed_data() + l * panels(dm.NQKV()) * dm.D * kPanel,

@@ -31,7 +31,6 @@ class Pool {
   explicit Pool(int threads) : threads_(std::max(1, threads)) {
     for (int t = 1; t < threads_; ++t) std::thread([this] { Work(); }).detach();
   }
-  int threads() const { return threads_; }
 
   template <typename F>
   void For(int64_t n, F&& body) {
