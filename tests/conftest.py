@@ -122,32 +122,39 @@ def _write_gguf_metadata(writer, hf: dict, arch: str) -> None:
     writer.add_vocab_size(hf["vocab_size"])
 
 
-def _write_gguf_tokenizer(writer, folder: Path) -> None:
-    """tokenizer.ggml.* metadata of a byte-level BPE tokenizer.json (llama.cpp's 'gpt2' model)."""
+def _write_gguf_tokenizer(writer, folder: Path, pre: str = "default", add_bos: bool | None = None,
+                          user_defined: tuple = ()) -> None:
+    """tokenizer.ggml.* metadata of a byte-level BPE tokenizer.json (llama.cpp's 'gpt2' model).
+
+    `pre` names the pre-tokenizer split, `add_bos` writes tokenizer.ggml.add_bos_token, and tokens in
+    `user_defined` are typed 4 (llama.cpp's user-defined: matched whole, not special)."""
     spec = json.loads((folder / "tokenizer.json").read_text())
     vocab = spec["model"]["vocab"]
     tokens = sorted(vocab, key=vocab.get)
     special = {t["content"] for t in spec["added_tokens"]}
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
-    writer.add_token_types([3 if t in special else 1 for t in tokens])  # 3: control, 1: normal
+    writer.add_token_types([3 if t in special else 4 if t in user_defined else 1 for t in tokens])
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_pad_token_id(0)
     writer.add_chat_template(CHATML)
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
 
 
 def write_gguf(folder: Path, path: Path, qtype: str = "F32", *, arch: str | None = None,
-               tensor_types: dict | None = None, drop: tuple = (), tokenizer: bool = True) -> Path:
+               tensor_types: dict | None = None, drop: tuple = (), tokenizer: bool | dict = True) -> Path:
     """Writes the checkpoint in `folder` as a llama.cpp-style GGUF file.
 
     2-D weights are stored as `qtype` (F32, F16, BF16, Q8_0, Q4_0, Q4_1, ...),
     1-D ones as F32; Llama Q/K rows are permuted as llama.cpp does and Llama 3
     rope scaling becomes a `rope_freqs.weight` tensor. `tensor_types` forces
     numpy dtypes per GGUF name, `drop` leaves GGUF tensors out, `arch`
-    overrides general.architecture (all three to make bad files).
+    overrides general.architecture (all three to make bad files). `tokenizer` False leaves the
+    tokenizer out; a dict passes options to `_write_gguf_tokenizer`.
     """
     import gguf
     from gpg_em.models import from_hf_config, rope
@@ -158,7 +165,7 @@ def write_gguf(folder: Path, path: Path, qtype: str = "F32", *, arch: str | None
     writer = gguf.GGUFWriter(str(path), arch or hf["model_type"])
     _write_gguf_metadata(writer, hf, arch or hf["model_type"])
     if tokenizer:
-        _write_gguf_tokenizer(writer, folder)
+        _write_gguf_tokenizer(writer, folder, **(tokenizer if isinstance(tokenizer, dict) else {}))
     tensors = {to_gguf_name(k): v for k, v in _hf_tensors(folder).items()}
     if cfg.tie_embeddings:
         tensors.pop("output.weight", None)

@@ -73,9 +73,9 @@ def load_gguf(path: Path, dtype: str = "float32", with_tokenizer: bool = True) -
     """Model from a GGUF file: dequantised weights, config from metadata, tokenizer from tokenizer.ggml.*."""
     reader = gguf_io.open_gguf(path)  # memory-mapped: tensors are read one at a time
     cfg, params = gguf_io.load_gguf_params(reader, str(path), dtype)
-    has_tokenizer = "tokenizer.ggml.model" in reader.fields
+    has_tokenizer = with_tokenizer and "tokenizer.ggml.model" in reader.fields
+    tokenizer = tok_io.load_gguf_tokenizer(reader, path) if has_tokenizer else None
     del reader
-    tokenizer = tok_io.load_gguf_tokenizer(path) if with_tokenizer and has_tokenizer else None
     return Model(params, cfg, tokenizer)
 
 

@@ -1,14 +1,16 @@
-"""Tokenizers (with their chat templates) through transformers' AutoTokenizer, offline.
+"""Tokenizers (with their chat templates), offline and without PyTorch.
 
-A Hugging Face folder carries tokenizer.json / tokenizer_config.json; a GGUF
-file carries its vocabulary, merges and chat template as `tokenizer.ggml.*`
-metadata, which transformers converts (several seconds for a 49k-token BPE).
-Nothing is fetched or cached: `local_files_only=True` throughout.
+A Hugging Face folder carries tokenizer.json / tokenizer_config.json, read by
+transformers' AutoTokenizer; a GGUF file carries its vocabulary, merges and
+chat template as `tokenizer.ggml.*` metadata, rebuilt by `gguf_tokenizer`
+(transformers' own GGUF route imports PyTorch). Nothing is fetched or cached:
+`local_files_only=True` throughout.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from gpg_em.models import gguf_tokenizer
 from gpg_em.models.hf import ModelLoadError
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -29,13 +31,12 @@ def load_tokenizer(folder: Path):
                              f"expected one of {list(_TOKENIZER_FILES)}") from None
 
 
-def load_gguf_tokenizer(path: Path):
-    """AutoTokenizer built from a GGUF file's tokenizer.ggml.* metadata."""
-    import transformers
+def load_gguf_tokenizer(reader, path: Path):
+    """Tokenizer built from the tokenizer.ggml.* metadata of an open GGUF file (`reader`) at `path`."""
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                          local_files_only=True)
-    except (OSError, ValueError, KeyError, NotImplementedError) as e:
-        raise ModelLoadError(f"{path}: tokenizer could not be built from its tokenizer.ggml.* metadata ({e}); "
-                             "expected a tokenizer model transformers converts (gpt2 BPE, llama SentencePiece)"
-                             ) from None
+        return gguf_tokenizer.tokenizer_from_metadata(gguf_tokenizer.read_metadata(reader), str(path))
+    except ModelLoadError:
+        raise
+    except Exception as e:  # malformed metadata: an index, a type or tokenizers' own (plain) Exception
+        raise ModelLoadError(f"{path}: tokenizer could not be built from its tokenizer.ggml.* metadata "
+                             f"({type(e).__name__}: {e}); expected byte-level BPE tokens, merges and ids") from None
