@@ -20,6 +20,7 @@ setup(
         "numpy>=1.26",
         "transformers>=4.46",
         "tokenizers>=0.20",
+        "jinja2>=3.1",  # chat templates (transformers imports it lazily; PyTorch would bring it)
         "safetensors>=0.4",
         "gguf>=0.10",
         "sentencepiece",
