@@ -64,8 +64,10 @@ def get_config():
     # GPG (Chu et al. 2025): REINFORCE with group-mean advantages and AGE.
     c.gpg = ml_collections.ConfigDict(dict(
         std_normalize=False, age=True, aggregation="token_mean", beta_th=0.0, max_rounds=20))
-    # Ratio-based losses (GRPO, Dr.GRPO, RLOO): clipped surrogate, optional KL.
-    c.ppo = ml_collections.ConfigDict(dict(clip_eps=0.2, kl_coef=0.0, inner_epochs=1))
+    # Ratio-based losses (GRPO, Dr.GRPO, RLOO): clipped surrogate, optional KL. Each rollout batch is
+    # split into mini_batches mini-batches of whole groups, one optimizer step each, and the pass is
+    # repeated inner_epochs times; with more than one step the old log-probs are the rollout policy's.
+    c.ppo = ml_collections.ConfigDict(dict(clip_eps=0.2, kl_coef=0.0, inner_epochs=1, mini_batches=1))
     # Entropy minimisation (Agarwal et al. 2025).
     c.em = ml_collections.ConfigDict(dict(
         ft_reduction="seq_sum",  # EM-FT: seq_sum (paper Eq. 2) | token_mean

@@ -94,6 +94,24 @@ def _require(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"config key {key}: {msg}")
 
 
+def uses_ratio(c: ml_collections.ConfigDict) -> bool:
+    """Whether the config's loss has an importance ratio (grpo, dr_grpo, rloo; em_rl through rloo/grpo)."""
+    return c.algorithm in ("grpo", "dr_grpo", "rloo") or (c.algorithm == "em_rl" and c.em.rl_loss != "gpg")
+
+
+def _check_mini_batches(c: ml_collections.ConfigDict, batch: int) -> None:
+    """PPO mini-batches: whole groups each, whole micro-batches each, only for ratio losses."""
+    m, G, mb = c.ppo.mini_batches, c.rollout.group_size, c.train.micro_batch_size
+    _require(isinstance(m, int) and m >= 1, "ppo.mini_batches", f"must be a positive integer, got {m!r}")
+    _require(m == 1 or uses_ratio(c), "ppo.mini_batches",
+             f"{m} optimizer steps per rollout need an importance ratio; algorithm {c.algorithm} has none "
+             "(use grpo, dr_grpo, rloo or em_rl with em.rl_loss=rloo/grpo)")
+    _require(batch % (m * G) == 0, "ppo.mini_batches",
+             f"{m} mini-batches do not split the {batch // G} groups of prompts_per_step into whole groups")
+    _require(mb == 0 or (batch // m) % mb == 0, "train.micro_batch_size",
+             f"{mb} does not divide a mini-batch of {batch // m} rows (ppo.mini_batches={m})")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Refuses impossible settings, naming the key."""
     _require(c.algorithm in ALGORITHMS, "algorithm", f"{c.algorithm!r} is not one of {list(ALGORITHMS)}")
@@ -121,6 +139,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
              "valid_token_mean is itself the AGE rescaling: it needs gpg.age=true")
     _require(c.ppo.kl_coef >= 0, "ppo.kl_coef", f"must be >= 0, got {c.ppo.kl_coef}")
     _require(c.ppo.inner_epochs >= 1, "ppo.inner_epochs", f"must be >= 1, got {c.ppo.inner_epochs}")
+    _check_mini_batches(c, batch)
     _require(c.em.ft_reduction in ("seq_sum", "token_mean"), "em.ft_reduction",
              f"{c.em.ft_reduction!r} is not seq_sum or token_mean")
     _require(c.em.rl_kind in ("token", "trajectory"), "em.rl_kind", f"{c.em.rl_kind!r} is not token or trajectory")

@@ -59,12 +59,18 @@ def build_objective(c) -> Objective:
 
 
 def needs_old_logprobs(c, objective: Objective) -> bool:
-    """Ratio losses over several inner epochs record the rollout policy's log-probs once.
+    """Ratio losses with several optimizer steps per rollout (inner epochs or PPO mini-batches)
+    record the rollout policy's log-probs once.
 
-    With one epoch the ratio is exp(logp - stop_gradient(logp)) = 1 (TRL's
+    With one step the ratio is exp(logp - stop_gradient(logp)) = 1 (TRL's
     on-policy case): the loss receives old_logprobs=None and no extra forward runs.
     """
-    return objective.uses_ratio and c.ppo.inner_epochs > 1
+    return objective.uses_ratio and updates_per_step(c, objective) > 1
+
+
+def updates_per_step(c, objective: Objective) -> int:
+    """Optimizer steps per training step: inner_epochs * mini_batches for ratio losses, else 1."""
+    return c.ppo.inner_epochs * c.ppo.mini_batches if objective.uses_ratio else 1
 
 
 @dataclasses.dataclass
@@ -113,7 +119,8 @@ def build_run(c) -> Run:
     trim_after_compiles()
     model = build_model(c)
     objective = build_objective(c)
-    oc = OptimConfig(total_steps=c.total_steps, **c.optim.to_dict())
+    oc = OptimConfig(total_steps=c.total_steps, updates_per_step=updates_per_step(c, objective),
+                     **c.optim.to_dict())
     tx, schedule = make_optimizer(oc)
     mesh = make_mesh(c.mesh.shape)
     check_process_batch(c, mesh)

@@ -1,0 +1,37 @@
+"""Recipe options around the losses: PPO mini-batch config checks, the per-rollout learning-rate schedule."""
+import os
+
+import numpy as np
+import pytest
+
+from gpg_em.configuration import ConfigError, get
+from gpg_em.train.optim import OptimConfig, make_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+
+def test_schedule_counts_training_steps_not_optimizer_updates():
+    # warmup 0 -> 1 over 2 training steps, 4 updates a step: updates 0-3 at step 0 (lr 0),
+    # 4-7 at step 1 (lr 0.5), 8 onwards at step 2 (lr 1).
+    _, schedule = make_optimizer(OptimConfig(learning_rate=1.0, warmup_steps=2, total_steps=10, updates_per_step=4))
+    np.testing.assert_allclose([float(schedule(n)) for n in range(10)], [0, 0, 0, 0, 0.5, 0.5, 0.5, 0.5, 1, 1])
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"algorithm": "gpg", "ppo.mini_batches": 2}, "algorithm gpg has none"),
+    ({"algorithm": "em_rl", "em.rl_loss": "gpg", "ppo.mini_batches": 2}, "algorithm em_rl has none"),
+    ({"algorithm": "grpo", "ppo.mini_batches": 4}, "whole groups"),  # tiny: 2 groups
+    ({"algorithm": "grpo", "ppo.mini_batches": 2, "train.micro_batch_size": 8,
+      "train.share_prompts": False}, "does not divide a mini-batch of 4 rows"),
+    ({"algorithm": "grpo", "ppo.mini_batches": 0}, "must be a positive integer"),
+])
+def test_mini_batch_config_is_checked(overrides, needle):
+    with pytest.raises(ConfigError, match="ppo.mini_batches|train.micro_batch_size") as e:
+        get(TINY, [(k, str(v)) for k, v in overrides.items()])
+    assert needle in str(e.value)
+
+
+def test_mini_batches_accepted_for_ratio_losses():
+    for algorithm in ("grpo", "dr_grpo", "rloo", "em_rl"):
+        assert get(TINY, [("algorithm", algorithm), ("ppo.mini_batches", "2")]).ppo.mini_batches == 2
