@@ -67,7 +67,11 @@ def get_config():
     # Ratio-based losses (GRPO, Dr.GRPO, RLOO): clipped surrogate, optional KL. Each rollout batch is
     # split into mini_batches mini-batches of whole groups, one optimizer step each, and the pass is
     # repeated inner_epochs times; with more than one step the old log-probs are the rollout policy's.
-    c.ppo = ml_collections.ConfigDict(dict(clip_eps=0.2, kl_coef=0.0, inner_epochs=1, mini_batches=1))
+    # aggregation: "default" (grpo/rloo seq_mean, dr_grpo fixed_length) | seq_mean | token_mean | fixed_length;
+    # kl_clamp > 0 clips the per-token k3 KL to [-kl_clamp, kl_clamp] (verl: 10); entropy_coef: verl's
+    # entropy bonus, loss - entropy_coef * aggregated entropy.
+    c.ppo = ml_collections.ConfigDict(dict(clip_eps=0.2, kl_coef=0.0, inner_epochs=1, mini_batches=1,
+                                           aggregation="default", kl_clamp=0.0, entropy_coef=0.0))
     # Entropy minimisation (Agarwal et al. 2025).
     c.em = ml_collections.ConfigDict(dict(
         ft_reduction="seq_sum",  # EM-FT: seq_sum (paper Eq. 2) | token_mean

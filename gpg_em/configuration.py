@@ -140,6 +140,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.ppo.kl_coef >= 0, "ppo.kl_coef", f"must be >= 0, got {c.ppo.kl_coef}")
     _require(c.ppo.inner_epochs >= 1, "ppo.inner_epochs", f"must be >= 1, got {c.ppo.inner_epochs}")
     _check_mini_batches(c, batch)
+    _require(c.ppo.aggregation in ("default", "seq_mean", "token_mean", "fixed_length"), "ppo.aggregation",
+             f"{c.ppo.aggregation!r} is not default, seq_mean, token_mean or fixed_length")
+    _require(c.ppo.kl_clamp >= 0, "ppo.kl_clamp", f"must be >= 0 (0: no clamp), got {c.ppo.kl_clamp}")
     _require(c.em.ft_reduction in ("seq_sum", "token_mean"), "em.ft_reduction",
              f"{c.em.ft_reduction!r} is not seq_sum or token_mean")
     _require(c.em.rl_kind in ("token", "trajectory"), "em.rl_kind", f"{c.em.rl_kind!r} is not token or trajectory")

@@ -191,6 +191,78 @@ def test_rloo_loss():
     close(aux["advantage_abs_max"], 1.5)
 
 
+# ---------------------------------------------------------------------------- aggregation, KL clamp, entropy
+# RLOO, G = 2, rewards [1, 0]: A = [1 - 0, 0 - 1] = [1, -1]; on-policy l = -A per token;
+# lengths 3 and 1 (4 tokens).
+MASK_31 = jnp.array([[1, 1, 1], [1, 0, 0]])
+
+
+@pytest.mark.parametrize("aggregation,loss,grad", [
+    # seq_mean: (mean(-1,-1,-1) + mean(1)) / 2 = 0; d/dlogp = -A / (|o_i| * B).
+    ("seq_mean", 0.0, [[-1 / 6] * 3, [1 / 2, 0, 0]]),
+    # token_mean: (-3 + 1) / 4 tokens = -0.5; d/dlogp = -A / 4.
+    ("token_mean", -0.5, [[-1 / 4] * 3, [1 / 4, 0, 0]]),
+    # fixed_length, L_max = 4: (-3 + 1) / (2 * 4) = -0.25; d/dlogp = -A / 8.
+    ("fixed_length", -0.25, [[-1 / 8] * 3, [1 / 8, 0, 0]]),
+])
+def test_ratio_loss_aggregations(aggregation, loss, grad):
+    fn = lambda lp: rloo_loss(lp, None, None, MASK_31, jnp.array([1.0, 0.0]), 2, aggregation=aggregation,
+                              max_completion_length=4)[0]
+    close(fn(LOGP2), loss)
+    close(jax.grad(fn)(LOGP2), grad)
+
+
+def test_unknown_aggregation_is_named():
+    with pytest.raises(ValueError, match="unknown loss aggregation 'token_sum'"):
+        grpo_loss(LOGP2, None, None, MASK_31, jnp.array([1.0, 0.0]), 2, aggregation="token_sum")
+    with pytest.raises(ValueError, match="fixed_length' needs max_completion_length"):
+        grpo_loss(LOGP2, None, None, MASK_31, jnp.array([1.0, 0.0]), 2, aggregation="fixed_length")
+
+
+def test_k3_kl_clamp():
+    # Equal rewards: A = 0, only the KL remains. ref - logp = d; k3 = exp(d) - d - 1:
+    # d = 3 -> e^3 - 4 = 16.0855 -> 10 (clamped); d = 0.5 -> e^0.5 - 1.5 = 0.1487213;
+    # d = -20 -> 19 + e^-20 -> 10 (clamped); d = 0 -> 0.
+    logp = jnp.zeros((2, 2))
+    ref = jnp.array([[3.0, 0.5], [-20.0, 0.0]])
+    fn = lambda lp: grpo_loss(lp, None, ref, jnp.ones((2, 2)), jnp.array([1.0, 1.0]), 2, kl_coef=0.1,
+                              kl_clamp=10.0)
+    loss, aux = fn(logp)
+    close(loss, 0.1 * ((10 + 0.1487213) / 2 + (10 + 0) / 2) / 2)  # seq_mean
+    close(aux["kl"], (10 + 0.1487213 + 10 + 0) / 4)
+    # dk3/dlogp = 1 - exp(d), 0 where clamped; * 0.1 / (2 tokens * 2 rows).
+    close(jax.grad(lambda lp: fn(lp)[0])(logp), [[0.0, 0.1 * (1 - math.exp(0.5)) / 4], [0.0, 0.0]])
+    # Without the clamp the same tokens count in full: e^3 - 4 and 19 + e^-20.
+    _, aux = grpo_loss(logp, None, ref, jnp.ones((2, 2)), jnp.array([1.0, 1.0]), 2, kl_coef=0.1)
+    close(aux["kl"], (math.exp(3) - 4 + 0.1487213 + 19 + math.exp(-20)) / 4)
+
+
+def test_dr_grpo_kl():
+    # A = [0.5, -0.5]; ref - logp = ln 2 everywhere: k3 = 2 - ln2 - 1 = 1 - ln2 = k.
+    # l = -A + 0.1 k; sum over 3 + 1 tokens = -1.5 + 0.5 + 0.4 k; / (B * L_max = 2 * 4).
+    k = 1 - math.log(2.0)
+    fn = lambda lp: dr_grpo_loss(lp, None, MASK_31, jnp.array([1.0, 0.0]), 2, max_completion_length=4,
+                                 ref_logprobs=LOGP2 + math.log(2.0), kl_coef=0.1)
+    loss, aux = fn(LOGP2)
+    close(loss, (-1 + 0.4 * k) / 8)
+    close(aux["kl"], k)
+    # d/dlogp: -A + 0.1 (1 - e^{ln 2}) = -A - 0.1, / 8.
+    close(jax.grad(lambda lp: fn(lp)[0])(LOGP2), [[-0.075] * 3, [0.05, 0, 0]])
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        dr_grpo_loss(LOGP2, None, MASK_31, jnp.array([1.0, 0.0]), 2, max_completion_length=4, kl_coef=0.1)
+
+
+def test_entropy_bonus():
+    # RLOO token_mean as above (-0.5) minus 0.01 * token mean of H = (1 + 2 + 3 + 4) / 4 = 2.5.
+    h = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    fn = lambda ent: rloo_loss(LOGP2, None, None, MASK_31, jnp.array([1.0, 0.0]), 2, entropies=ent,
+                               entropy_coef=0.01, aggregation="token_mean")
+    loss, aux = fn(h)
+    close(loss, -0.5 - 0.01 * 2.5)
+    close(aux["entropy_bonus"], 2.5)
+    close(jax.grad(lambda e: fn(e)[0])(h), [[-0.0025] * 3, [-0.0025, 0, 0]])
+
+
 # ---------------------------------------------------------------------------- EM-FT, EM-RL
 def test_em_ft_reductions_and_gradients():
     h = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])

@@ -32,6 +32,26 @@ def test_mini_batch_config_is_checked(overrides, needle):
     assert needle in str(e.value)
 
 
+@pytest.mark.parametrize("key,value,needle", [
+    ("ppo.aggregation", "token_sum", "is not default, seq_mean, token_mean or fixed_length"),
+    ("ppo.kl_clamp", "-1.0", "must be >= 0"),
+])
+def test_ratio_loss_options_are_checked(key, value, needle):
+    with pytest.raises(ConfigError, match=key) as e:
+        get(TINY, [("algorithm", "rloo"), (key, value)])
+    assert needle in str(e.value)
+
+
+def test_ratio_loss_options_reach_the_objective():
+    from gpg_em.train.setup import build_objective
+    c = get(TINY, [("algorithm", "dr_grpo"), ("ppo.kl_coef", "0.04"), ("ppo.kl_clamp", "10.0"),
+                   ("ppo.entropy_coef", "0.001")])
+    assert build_objective(c).kwargs == dict(clip_eps=0.2, kl_coef=0.04, kl_clamp=10.0, entropy_coef=0.001,
+                                             max_completion_length=16)
+    c = get(TINY, [("algorithm", "em_rl"), ("ppo.aggregation", "token_mean")])
+    assert build_objective(c).loss == "rloo" and build_objective(c).kwargs["aggregation"] == "token_mean"
+
+
 def test_mini_batches_accepted_for_ratio_losses():
     for algorithm in ("grpo", "dr_grpo", "rloo", "em_rl"):
         assert get(TINY, [("algorithm", algorithm), ("ppo.mini_batches", "2")]).ppo.mini_batches == 2

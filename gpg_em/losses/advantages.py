@@ -56,6 +56,28 @@ def fixed_length_mean(x_BxT: jax.Array, mask_BxT: jax.Array, max_length: int) ->
     return masked_sum(x_BxT, mask_BxT) / (x_BxT.shape[0] * float(max_length))
 
 
+RATIO_AGGREGATIONS = ("seq_mean", "token_mean", "fixed_length")
+
+
+def aggregate(x_BxT: jax.Array, mask_BxT: jax.Array, aggregation: str, max_completion_length: int = 0) -> jax.Array:
+    """A per-token loss [B, T] reduced to a scalar by name.
+
+    seq_mean      mean_i( sum_t x*mask / max(sum_t mask, 1) )  TRL loss_type="grpo"; verl seq-mean-token-mean
+    token_mean    sum(x*mask) / max(sum(mask), 1)              verl token-mean; TRL "dapo"/"bnpo"
+    fixed_length  sum(x*mask) / (B * max_completion_length)    Dr.GRPO (TRL "dr_grpo")
+    """
+    if aggregation == "seq_mean":
+        return sequence_mean_batch_mean(x_BxT, mask_BxT)
+    if aggregation == "token_mean":
+        return masked_mean(x_BxT, mask_BxT)
+    if aggregation == "fixed_length":
+        if max_completion_length < 1:
+            raise ValueError("aggregation='fixed_length' needs max_completion_length >= 1, "
+                             f"got {max_completion_length}")
+        return fixed_length_mean(x_BxT, mask_BxT, max_completion_length)
+    raise ValueError(f"unknown loss aggregation {aggregation!r}; expected one of {RATIO_AGGREGATIONS}")
+
+
 # ----------------------------------------------------------------------------
 # Group advantages.
 # ----------------------------------------------------------------------------

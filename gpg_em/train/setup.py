@@ -42,14 +42,16 @@ def build_model(c) -> Model:
 def build_objective(c) -> Objective:
     """The loss (and its static options) the config's algorithm trains with."""
     G = c.rollout.group_size
-    ppo = dict(clip_eps=c.ppo.clip_eps)
-    kl = dict(kl_coef=c.ppo.kl_coef)
+    ppo = dict(clip_eps=c.ppo.clip_eps, kl_clamp=c.ppo.kl_clamp, entropy_coef=c.ppo.entropy_coef,
+               **({} if c.ppo.aggregation == "default" else {"aggregation": c.ppo.aggregation}))
+    L = dict(max_completion_length=c.rollout.max_new_tokens)
+    kl = dict(kl_coef=c.ppo.kl_coef, **L)
     gpg = dict(std_normalize=c.gpg.std_normalize, age=c.gpg.age, aggregation=c.gpg.aggregation)
     options = {
         "gpg": lambda: make_objective("gpg", G, **gpg),
         "grpo": lambda: make_objective("grpo", G, **ppo, **kl),
         "rloo": lambda: make_objective("rloo", G, **ppo, **kl),
-        "dr_grpo": lambda: make_objective("dr_grpo", G, max_completion_length=c.rollout.max_new_tokens, **ppo),
+        "dr_grpo": lambda: make_objective("dr_grpo", G, **ppo, **kl),
         "em_ft": lambda: make_objective("em_ft", G, reduction=c.em.ft_reduction),
         "em_rl": lambda: {"rloo": lambda: make_objective("rloo", G, **ppo, **kl),
                           "grpo": lambda: make_objective("grpo", G, **ppo, **kl),
