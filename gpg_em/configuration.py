@@ -137,6 +137,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"{c.gpg.aggregation!r} is not token_mean or valid_token_mean")
     _require(c.gpg.age or c.gpg.aggregation == "token_mean", "gpg.aggregation",
              "valid_token_mean is itself the AGE rescaling: it needs gpg.age=true")
+    _require(not c.gpg.scale_batch or c.gpg.std_normalize, "gpg.scale_batch",
+             "divides by the batch's reward std: it needs gpg.std_normalize=true")
+    steps, devices = c.gpg.age_micro_steps, c.gpg.age_devices
+    _require(isinstance(steps, int) and isinstance(devices, int) and steps >= 1 and devices >= 1
+             and batch % (steps * devices * c.rollout.group_size) == 0, "gpg.age_micro_steps",
+             f"age_micro_steps*age_devices = {steps}*{devices} must split the {batch // c.rollout.group_size} "
+             "groups of a batch evenly")
+    _require(steps * devices == 1 or c.gpg.aggregation == "token_mean", "gpg.age_micro_steps",
+             "the per-micro-step AGE is the official code's token_mean form: it needs gpg.aggregation=token_mean")
     _require(c.ppo.kl_coef >= 0, "ppo.kl_coef", f"must be >= 0, got {c.ppo.kl_coef}")
     _require(c.ppo.inner_epochs >= 1, "ppo.inner_epochs", f"must be >= 1, got {c.ppo.inner_epochs}")
     _check_mini_batches(c, batch)

@@ -107,6 +107,49 @@ def test_gpg_rejects_double_age_switch():
         gpg(LOGP, ONES, R_HALF, aggregation="seq_mean")
 
 
+# ---------------------------------------------------------------------------- GPG: scale_batch, AGE per micro-step
+def test_gpg_scale_batch_divides_by_the_batch_std():
+    # rewards [1, 0 | 1, 1]: batch mean 3/4, Bessel var (3 * 1/16 + 9/16) / 3 = 1/4 -> std 1/2.
+    # A = [0.5, -0.5, 0, 0] / (0.5 + 1e-4); l = -logp * A, token mean over 12 tokens, AGE / (1/2).
+    a = 0.5 / (0.5 + 1e-4)
+    loss, aux = gpg(LOGP, ONES, R_HALF, std_normalize=True, scale_batch=True)
+    close(aux["advantage_abs_max"], a)
+    close(loss, (a * 6 - a * 3) / 12 / 0.5)  # row 0: -(-6) * a; row 1: -(-3) * (-a)
+    with pytest.raises(ValueError, match="needs std_normalize"):
+        gpg(LOGP, ONES, R_HALF, scale_batch=True)
+
+
+# G = 2, B = 8. rewards [1, 0 | 0, 1 | 1, 1 | 1, 1]: groups 0, 1 valid (A = [.5, -.5], [-.5, .5]), 2, 3 not.
+# Lengths 2, 1, 1, 2 | 2, 2, 2, 2 (14 tokens). Per-token l = -logp * A:
+# row 0 (-1, -2) * .5 -> .5 + 1 = 1.5; row 1 (-2) * -.5 -> -1; row 2 (-1) * -.5 -> -.5; row 3 (-1, -1) * .5 -> 1.
+# Rows 0-3: sum 1, 6 tokens; rows 4-7: 0, 8 tokens.
+AGE_LOGP = jnp.array([[-1.0, -2.0], [-2.0, -9.0], [-1.0, -9.0], [-1.0, -1.0]] + [[-3.0, -3.0]] * 4)
+AGE_MASK = jnp.array([[1, 1], [1, 0], [1, 0], [1, 1]] + [[1, 1]] * 4)
+AGE_R = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("K,D,expected", [
+    (1, 1, 1 / 14 / 0.5),  # whole batch: token mean 1/14, inverse_alpha 2/4
+    (2, 1, (1 / 6 / 1.0 + 0.0) / 2),  # step 0: rows 0-3, alpha^-1 = 1; step 1: no valid group, 0
+    (1, 2, (1 / 6 + 0.0) / 2 / 0.5),  # one step, two devices: token means 1/6 and 0, alpha^-1 = 2/4
+    (2, 2, (0.5 / 3 + 0.5 / 3 + 0 + 0) / 4),  # rows 0-1: 1.5 - 1 over 3 tokens; rows 2-3: 1 - .5 over 3
+])
+def test_gpg_age_per_micro_step(K, D, expected):
+    loss, _ = gpg_loss(AGE_LOGP, AGE_MASK, AGE_R, 2, age_micro_steps=K, age_devices=D)
+    close(loss, expected)
+
+
+def test_gpg_age_per_micro_step_gradient():
+    # K = 2: the first micro-step's tokens weigh 1 / (2 steps * 6 tokens * alpha^-1 = 1); d/dlogp = -A / 12.
+    grad = jax.grad(lambda lp: gpg_loss(lp, AGE_MASK, AGE_R, 2, age_micro_steps=2)[0])(AGE_LOGP)
+    w = 0.5 / 12
+    close(grad, [[-w, -w], [w, 0], [w, 0], [-w, -w]] + [[0, 0]] * 4)
+    with pytest.raises(ValueError, match="does not split 8 rows"):
+        gpg_loss(AGE_LOGP, AGE_MASK, AGE_R, 2, age_micro_steps=3)
+    with pytest.raises(ValueError, match="token_mean form"):
+        gpg_loss(AGE_LOGP, AGE_MASK, AGE_R, 2, age_micro_steps=2, aggregation="valid_token_mean")
+
+
 # ---------------------------------------------------------------------------- GRPO
 # Two samples, rewards [1, 0]: Bessel std sqrt(0.5), A = +-0.5 / (sqrt(0.5) + 1e-4) = +-a.
 A = 0.5 / (math.sqrt(0.5) + 1e-4)

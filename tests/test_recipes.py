@@ -55,3 +55,26 @@ def test_ratio_loss_options_reach_the_objective():
 def test_mini_batches_accepted_for_ratio_losses():
     for algorithm in ("grpo", "dr_grpo", "rloo", "em_rl"):
         assert get(TINY, [("algorithm", algorithm), ("ppo.mini_batches", "2")]).ppo.mini_batches == 2
+
+
+@pytest.mark.parametrize("overrides,key,needle", [
+    ({"gpg.scale_batch": True}, "gpg.scale_batch", "needs gpg.std_normalize=true"),
+    ({"gpg.age_micro_steps": 4}, "gpg.age_micro_steps", "must split the 2 groups"),
+    ({"gpg.age_micro_steps": 2, "gpg.aggregation": "valid_token_mean"}, "gpg.age_micro_steps", "token_mean"),
+])
+def test_gpg_options_are_checked(overrides, key, needle):
+    with pytest.raises(ConfigError, match=key) as e:
+        get(TINY, [(k, str(v)) for k, v in overrides.items()])
+    assert needle in str(e.value)
+
+
+def test_gpg_options_reach_the_objective():
+    from gpg_em.train.setup import build_objective
+    c = get(TINY, [("gpg.std_normalize", "true"), ("gpg.scale_batch", "true"), ("gpg.age_micro_steps", "2")])
+    assert build_objective(c).kwargs == dict(std_normalize=True, scale_batch=True, age=True, aggregation="token_mean",
+                                             age_micro_steps=2, age_devices=1)
+    assert build_objective(get(TINY, [])).kwargs == dict(std_normalize=False, age=True, aggregation="token_mean")
+
+
+def test_adamw_beta2_default_is_torchs():
+    assert OptimConfig().b2 == 0.999 and get(TINY, []).optim.b2 == 0.999

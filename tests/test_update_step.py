@@ -116,7 +116,10 @@ def test_micro_batching_bounds_memory():
 
 
 @pytest.mark.parametrize("loss,options", [("grpo", dict(clip_eps=0.2, kl_coef=0.1)), ("dr_grpo", dict(max_completion_length=6)),
-                                          ("rloo", dict()), ("em_ft", dict(reduction="seq_sum"))])
+                                          ("rloo", dict()), ("em_ft", dict(reduction="seq_sum")),
+                                          ("rloo", dict(aggregation="token_mean", kl_coef=0.1, kl_clamp=1.0,
+                                                        entropy_coef=0.01)),
+                                          ("gpg", dict(std_normalize=True, scale_batch=True, age_micro_steps=2))])
 def test_micro_batched_gradient_equals_full_batch_for_every_loss(loss, options):
     """Ratio, clipping and KL included: old/ref log-probs far from the current ones so clipping is active."""
     params = init_params(CFG, jax.random.PRNGKey(0))

@@ -14,7 +14,7 @@ class OptimConfig:
     total_steps: int = 100
     weight_decay: float = 0.0
     b1: float = 0.9
-    b2: float = 0.99
+    b2: float = 0.999  # torch.optim.AdamW's default, as TRL (GPG) and verl (EM-RL) train
     eps: float = 1e-8
     max_grad_norm: float = 1.0  # <= 0 disables clipping
     # Optimizer steps per training step (PPO inner epochs x mini-batches): the schedule counts

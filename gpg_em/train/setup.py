@@ -46,7 +46,10 @@ def build_objective(c) -> Objective:
                **({} if c.ppo.aggregation == "default" else {"aggregation": c.ppo.aggregation}))
     L = dict(max_completion_length=c.rollout.max_new_tokens)
     kl = dict(kl_coef=c.ppo.kl_coef, **L)
-    gpg = dict(std_normalize=c.gpg.std_normalize, age=c.gpg.age, aggregation=c.gpg.aggregation)
+    gpg = dict(std_normalize=c.gpg.std_normalize, age=c.gpg.age, aggregation=c.gpg.aggregation,
+               **({"scale_batch": True} if c.gpg.scale_batch else {}),
+               **({"age_micro_steps": c.gpg.age_micro_steps, "age_devices": c.gpg.age_devices}
+                  if c.gpg.age_micro_steps * c.gpg.age_devices > 1 else {}))
     options = {
         "gpg": lambda: make_objective("gpg", G, **gpg),
         "grpo": lambda: make_objective("grpo", G, **ppo, **kl),
