@@ -71,3 +71,34 @@ def test_every_eval_preset_applies(path):
     if args.mode == "adaptive":
         from gpg_em.decoding_args import adaptive_config
         assert adaptive_config(args).alpha == 0.85 and adaptive_config(args).tau_min == 0.01
+
+
+def test_eval_with_a_preset_end_to_end(monkeypatch, tmp_path):
+    """`gpg-em eval --preset em_inf.py` on a MATH-500-layout file: the released EM-INF settings reach the
+    decoder and the results (the model's generate is a scripted fake, as in test_eval_metrics)."""
+    import argparse
+    import types
+    from test_eval_metrics import GOLD, SCRIPT, fake_generate
+    from gpg_em.eval import cli, harness, policy
+    data = tmp_path / "math500.jsonl"
+    data.write_text("".join(json.dumps({"problem": q, "solution": f"\\boxed{{{GOLD[q]}}}", "answer": GOLD[q]}) + "\n"
+                            for q in SCRIPT))
+    calls, seen = [], []
+    scripted = fake_generate(calls)
+
+    def generate(model, prompts, **kw):  # records what the preset set, then answers from the script
+        seen.append((kw["max_new_tokens"], kw["temperature"], kw["top_p"]))
+        return scripted(model, prompts, **kw)
+    monkeypatch.setattr(harness, "generate", generate)
+    monkeypatch.setattr(policy, "load_model", lambda spec, dtype, step: (
+        types.SimpleNamespace(tokenizer=None), {"kind": "pretrained", "spec": spec}))
+    p = argparse.ArgumentParser()
+    cli.add_eval_parser(p.add_subparsers(dest="command"))
+    out = tmp_path / "res.json"
+    cli.run_eval(p.parse_args(["eval", "--preset", os.path.join(ROOT, "configs", "paper", "eval", "em_inf.py"),
+                               "--model", "fake", "--data", str(data), "--out", str(out), "--instruction", ""]))
+    saved = json.loads(out.read_text())
+    em = saved["results"]["em_inf"]["decoding"]["em_inf"]
+    assert (em["kl_weight"], em["n_steps"], em["delta"], em["lr"]) == (0.05, 3, 0.3, 0.1)
+    assert list(saved["results"]) == ["em_inf"] and saved["problems"]["path"] == str(data)
+    assert calls and all(c["greedy"] is False for c in calls) and set(seen) == {(4096, 0.1, 1.0)}
