@@ -23,13 +23,25 @@ class ConfigError(ValueError):
     """A config key has a bad value or an impossible combination."""
 
 
+def _configs_root(path: str) -> str:
+    """The folder holding the `configs` package a config file sits in (configs/x.py or
+    configs/paper/x.py), else the file's grandparent folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    d = folder
+    while os.path.dirname(d) != d:
+        if os.path.basename(d) == "configs":
+            return os.path.dirname(d)
+        d = os.path.dirname(d)
+    return os.path.dirname(folder)
+
+
 def load_config(path: str | None = None) -> ml_collections.ConfigDict:
     """The ConfigDict of `path` (a file with get_config()), or of the packaged configs/gpg.py."""
     if path is None:
         return importlib.import_module("configs.gpg").get_config()
     if not os.path.isfile(path):
         raise ConfigError(f"--config {path}: no such file; expected a Python file defining get_config()")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    root = _configs_root(path)
     if root not in sys.path:
         sys.path.insert(0, root)  # so a config can `from configs.base import get_config`
     spec = importlib.util.spec_from_file_location(f"_gpg_em_config_{abs(hash(path))}", path)

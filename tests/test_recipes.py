@@ -78,3 +78,10 @@ def test_gpg_options_reach_the_objective():
 
 def test_adamw_beta2_default_is_torchs():
     assert OptimConfig().b2 == 0.999 and get(TINY, []).optim.b2 == 0.999
+
+
+def test_nested_config_files_find_the_configs_package():
+    from gpg_em.configuration import _configs_root
+    assert _configs_root("/repo/configs/paper/eval/em_inf.py") == "/repo"
+    assert _configs_root("/repo/configs/gpg.py") == "/repo"
+    assert _configs_root("/home/me/exp/my.py") == "/home/me"  # not under configs/: the grandparent, as before
