@@ -3,7 +3,8 @@
 Source: AMAP-ML/GPG `open-rs/train.sh` (accelerate --num_processes=16, src/open_r1/gpg.py
 --config recipes/gpg.yaml) and `open-rs/recipes/gpg.yaml`:
 
-    dataset   datas/open-rs/open-s1 (fields problem / answer)               dataset_name
+    dataset   datas/open-rs/open-s1 exported to a local file (fields found automatically:
+              question/problem, answer/solution; set data.source.*_field otherwise)   dataset_name
     prompt    the recipe's system_prompt (think / answer tags, \\boxed{})    system_prompt
     lengths   max_prompt_length 512, max_completion_length 3584
     sampling  num_generations 6, temperature 0.7
@@ -15,7 +16,7 @@ Source: AMAP-ML/GPG `open-rs/train.sh` (accelerate --num_processes=16, src/open_
               group std + 1e-4
 
 Not reproduced: the reward (format 1.0 + cosine length-scaled accuracy 2.0) is approximated by
-math-verify accuracy (2.0) + the format reward (1.0) with the recipe's tag regex; the cosine
+math-verify accuracy (2.0) + the format reward (1.0) on <think>/<answer> tags; the cosine
 schedule here decays to 0, not to 0.1 x lr.
 """
 from configs.paper.common import file_source, paper_base, rewards

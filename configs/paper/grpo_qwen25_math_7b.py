@@ -7,7 +7,7 @@ Source: AMAP-ML/GPG `open-r1/recipes/Qwen2.5-Math-7B/grpo/config_simple_rl.yaml`
     loss      TRL 0.16: clipped ratio (epsilon 0.2), num_iterations 1 (ratio 1), mean over each
               completion's tokens then over completions -> ppo.aggregation seq_mean; std-normalised
               advantages (std + 1e-4)
-    dataset   datas/MATH-lighteval (fields problem / solution)             dataset_name
+    dataset   datas/MATH-lighteval exported to a local file (problem / solution)   dataset_name
     lengths   max_prompt_length 512, max_completion_length 1024; num_generations 8
     optim     learning_rate 3e-6, cosine, warmup_ratio 0.1; AdamW (0.9, 0.999), no weight decay
     batch     per_device_train_batch_size 16 x gradient_accumulation_steps 4 on 8 GPUs / 8
