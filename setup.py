@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["gpg_em", "gpg_em.*", "configs"]),
+    packages=find_packages(include=["gpg_em", "gpg_em.*", "configs", "configs.*"]),
     include_package_data=True,
     package_data={"gpg_em.kernels": ["*.cc", "*.h"]},  # compiled on first use (gpg_em/kernels/build.py)
     install_requires=[

@@ -61,11 +61,21 @@ def get_config():
     c.reward.options = ml_collections.ConfigDict()  # {fn name: {option: value}}, e.g. extraction
     c.reward.timeout_s = 30.0
 
-    # GPG (Chu et al. 2025): REINFORCE with group-mean advantages and AGE.
+    # GPG (Chu et al. 2025): REINFORCE with group-mean advantages and AGE. scale_batch (with
+    # std_normalize): the batch's reward std instead of each group's. age_micro_steps / age_devices:
+    # AGE and the token mean per gradient-accumulation micro-step and device as the official code
+    # computes them (1, 1: over the whole batch).
     c.gpg = ml_collections.ConfigDict(dict(
-        std_normalize=False, age=True, aggregation="token_mean", beta_th=0.0, max_rounds=20))
-    # Ratio-based losses (GRPO, Dr.GRPO, RLOO): clipped surrogate, optional KL.
-    c.ppo = ml_collections.ConfigDict(dict(clip_eps=0.2, kl_coef=0.0, inner_epochs=1))
+        std_normalize=False, scale_batch=False, age=True, aggregation="token_mean", beta_th=0.0, max_rounds=20,
+        age_micro_steps=1, age_devices=1))
+    # Ratio-based losses (GRPO, Dr.GRPO, RLOO): clipped surrogate, optional KL. Each rollout batch is
+    # split into mini_batches mini-batches of whole groups, one optimizer step each, and the pass is
+    # repeated inner_epochs times; with more than one step the old log-probs are the rollout policy's.
+    # aggregation: "default" (grpo/rloo seq_mean, dr_grpo fixed_length) | seq_mean | token_mean | fixed_length;
+    # kl_clamp > 0 clips the per-token k3 KL to [-kl_clamp, kl_clamp] (verl: 10); entropy_coef: verl's
+    # entropy bonus, loss - entropy_coef * aggregated entropy.
+    c.ppo = ml_collections.ConfigDict(dict(clip_eps=0.2, kl_coef=0.0, inner_epochs=1, mini_batches=1,
+                                           aggregation="default", kl_clamp=0.0, entropy_coef=0.0))
     # Entropy minimisation (Agarwal et al. 2025).
     c.em = ml_collections.ConfigDict(dict(
         ft_reduction="seq_sum",  # EM-FT: seq_sum (paper Eq. 2) | token_mean
@@ -74,7 +84,7 @@ def get_config():
         rl_loss="rloo"))  # loss the EM-RL reward trains with: rloo (paper) | gpg | grpo
 
     c.optim = ml_collections.ConfigDict(dict(
-        learning_rate=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
+        learning_rate=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999,
         eps=1e-8, max_grad_norm=1.0))
 
     # share_prompts: each group's prompt is computed once in the update (exact, gpg_em.models.shared_prefix);

@@ -20,6 +20,7 @@ def get_config():
     c.gpg.beta_th = 0.5
     c.gpg.max_rounds = 4  # bounds a step's rollout cost on CPU
     c.optim.learning_rate = 1e-5
+    c.optim.b2 = 0.99  # AdamW beta2 of the README's measured run (the default is now torch's 0.999)
     c.eval.num_prompts = 64
     c.eval.max_new_tokens = 96
     c.train.micro_batch_size = 8

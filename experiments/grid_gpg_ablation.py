@@ -12,7 +12,7 @@ normalisation stays on in the last two rows is not stated; here it is off.
 GRID = {
     "root": "runs/gpg_ablation",
     "seeds": [0, 1, 2],
-    "fixed": {"total_steps": 20, "eval_every": 5},
+    "fixed": {"total_steps": 20, "eval_every": 5, "optim.b2": 0.99},  # beta2 as first run (default now 0.999)
     "grids": [
         {"configs": ["configs/grpo.py"]},
         {"configs": ["configs/gpg.py"], "overrides": [

@@ -23,7 +23,8 @@ GRID = {
     "fixed": {"total_steps": 8, "eval_every": 8, "checkpoint_every": 8,
               "rollout.prompts_per_step": 4, "rollout.group_size": 4, "rollout.max_new_tokens": 64,
               "eval.num_prompts": 32, "eval.max_new_tokens": 64, "optim.learning_rate": 1e-5,
-              "train.micro_batch_size": 8},
+              "train.micro_batch_size": 8,
+              "optim.b2": 0.99},  # the recorded runs' AdamW beta2 (the default was 0.99 then; now 0.999)
     "grids": [
         {"configs": ["configs/grpo.py", "configs/dr_grpo.py", "configs/rloo.py", "configs/em_ft.py"]},
         {"configs": ["configs/gpg.py"], "overrides": [

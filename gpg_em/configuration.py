@@ -23,13 +23,25 @@ class ConfigError(ValueError):
     """A config key has a bad value or an impossible combination."""
 
 
+def _configs_root(path: str) -> str:
+    """The folder holding the `configs` package a config file sits in (configs/x.py or
+    configs/paper/x.py), else the file's grandparent folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    d = folder
+    while os.path.dirname(d) != d:
+        if os.path.basename(d) == "configs":
+            return os.path.dirname(d)
+        d = os.path.dirname(d)
+    return os.path.dirname(folder)
+
+
 def load_config(path: str | None = None) -> ml_collections.ConfigDict:
     """The ConfigDict of `path` (a file with get_config()), or of the packaged configs/gpg.py."""
     if path is None:
         return importlib.import_module("configs.gpg").get_config()
     if not os.path.isfile(path):
         raise ConfigError(f"--config {path}: no such file; expected a Python file defining get_config()")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    root = _configs_root(path)
     if root not in sys.path:
         sys.path.insert(0, root)  # so a config can `from configs.base import get_config`
     spec = importlib.util.spec_from_file_location(f"_gpg_em_config_{abs(hash(path))}", path)
@@ -94,6 +106,24 @@ def _require(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"config key {key}: {msg}")
 
 
+def uses_ratio(c: ml_collections.ConfigDict) -> bool:
+    """Whether the config's loss has an importance ratio (grpo, dr_grpo, rloo; em_rl through rloo/grpo)."""
+    return c.algorithm in ("grpo", "dr_grpo", "rloo") or (c.algorithm == "em_rl" and c.em.rl_loss != "gpg")
+
+
+def _check_mini_batches(c: ml_collections.ConfigDict, batch: int) -> None:
+    """PPO mini-batches: whole groups each, whole micro-batches each, only for ratio losses."""
+    m, G, mb = c.ppo.mini_batches, c.rollout.group_size, c.train.micro_batch_size
+    _require(isinstance(m, int) and m >= 1, "ppo.mini_batches", f"must be a positive integer, got {m!r}")
+    _require(m == 1 or uses_ratio(c), "ppo.mini_batches",
+             f"{m} optimizer steps per rollout need an importance ratio; algorithm {c.algorithm} has none "
+             "(use grpo, dr_grpo, rloo or em_rl with em.rl_loss=rloo/grpo)")
+    _require(batch % (m * G) == 0, "ppo.mini_batches",
+             f"{m} mini-batches do not split the {batch // G} groups of prompts_per_step into whole groups")
+    _require(mb == 0 or (batch // m) % mb == 0, "train.micro_batch_size",
+             f"{mb} does not divide a mini-batch of {batch // m} rows (ppo.mini_batches={m})")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Refuses impossible settings, naming the key."""
     _require(c.algorithm in ALGORITHMS, "algorithm", f"{c.algorithm!r} is not one of {list(ALGORITHMS)}")
@@ -119,8 +149,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"{c.gpg.aggregation!r} is not token_mean or valid_token_mean")
     _require(c.gpg.age or c.gpg.aggregation == "token_mean", "gpg.aggregation",
              "valid_token_mean is itself the AGE rescaling: it needs gpg.age=true")
+    _require(not c.gpg.scale_batch or c.gpg.std_normalize, "gpg.scale_batch",
+             "divides by the batch's reward std: it needs gpg.std_normalize=true")
+    steps, devices = c.gpg.age_micro_steps, c.gpg.age_devices
+    _require(isinstance(steps, int) and isinstance(devices, int) and steps >= 1 and devices >= 1
+             and batch % (steps * devices * c.rollout.group_size) == 0, "gpg.age_micro_steps",
+             f"age_micro_steps*age_devices = {steps}*{devices} must split the {batch // c.rollout.group_size} "
+             "groups of a batch evenly")
+    _require(steps * devices == 1 or c.gpg.aggregation == "token_mean", "gpg.age_micro_steps",
+             "the per-micro-step AGE is the official code's token_mean form: it needs gpg.aggregation=token_mean")
     _require(c.ppo.kl_coef >= 0, "ppo.kl_coef", f"must be >= 0, got {c.ppo.kl_coef}")
     _require(c.ppo.inner_epochs >= 1, "ppo.inner_epochs", f"must be >= 1, got {c.ppo.inner_epochs}")
+    _check_mini_batches(c, batch)
+    _require(c.ppo.aggregation in ("default", "seq_mean", "token_mean", "fixed_length"), "ppo.aggregation",
+             f"{c.ppo.aggregation!r} is not default, seq_mean, token_mean or fixed_length")
+    _require(c.ppo.kl_clamp >= 0, "ppo.kl_clamp", f"must be >= 0 (0: no clamp), got {c.ppo.kl_clamp}")
     _require(c.em.ft_reduction in ("seq_sum", "token_mean"), "em.ft_reduction",
              f"{c.em.ft_reduction!r} is not seq_sum or token_mean")
     _require(c.em.rl_kind in ("token", "trajectory"), "em.rl_kind", f"{c.em.rl_kind!r} is not token or trajectory")

@@ -17,6 +17,8 @@ def add_decoding_args(p: argparse.ArgumentParser) -> None:
                    help="the EM paper's baseline: largest tau with H(z/tau) <= max(alpha*H(z), delta)")
     p.add_argument("--adaptive-alpha", type=float, default=a.alpha)
     p.add_argument("--adaptive-delta", type=float, default=a.delta)
+    p.add_argument("--adaptive-tau-min", type=float, default=a.tau_min, help="lowest temperature searched")
+    p.add_argument("--adaptive-iters", type=int, default=a.n_iters, help="bisection steps")
 
 
 def decoding_kwargs(args: argparse.Namespace) -> dict:
@@ -28,5 +30,10 @@ def decoding_kwargs(args: argparse.Namespace) -> dict:
         out["em_inf"] = EMInfConfig(lr=args.em_inf_lr, n_steps=args.em_inf_steps, kl_weight=args.em_inf_kl_weight,
                                     delta=args.em_inf_delta)
     if args.adaptive_temperature:
-        out["adaptive_temperature"] = AdaptiveTemperatureConfig(alpha=args.adaptive_alpha, delta=args.adaptive_delta)
+        out["adaptive_temperature"] = adaptive_config(args)
     return out
+
+
+def adaptive_config(args: argparse.Namespace) -> AdaptiveTemperatureConfig:
+    return AdaptiveTemperatureConfig(alpha=args.adaptive_alpha, delta=args.adaptive_delta,
+                                     tau_min=args.adaptive_tau_min, n_iters=args.adaptive_iters)

@@ -107,6 +107,49 @@ def test_gpg_rejects_double_age_switch():
         gpg(LOGP, ONES, R_HALF, aggregation="seq_mean")
 
 
+# ---------------------------------------------------------------------------- GPG: scale_batch, AGE per micro-step
+def test_gpg_scale_batch_divides_by_the_batch_std():
+    # rewards [1, 0 | 1, 1]: batch mean 3/4, Bessel var (3 * 1/16 + 9/16) / 3 = 1/4 -> std 1/2.
+    # A = [0.5, -0.5, 0, 0] / (0.5 + 1e-4); l = -logp * A, token mean over 12 tokens, AGE / (1/2).
+    a = 0.5 / (0.5 + 1e-4)
+    loss, aux = gpg(LOGP, ONES, R_HALF, std_normalize=True, scale_batch=True)
+    close(aux["advantage_abs_max"], a)
+    close(loss, (a * 6 - a * 3) / 12 / 0.5)  # row 0: -(-6) * a; row 1: -(-3) * (-a)
+    with pytest.raises(ValueError, match="needs std_normalize"):
+        gpg(LOGP, ONES, R_HALF, scale_batch=True)
+
+
+# G = 2, B = 8. rewards [1, 0 | 0, 1 | 1, 1 | 1, 1]: groups 0, 1 valid (A = [.5, -.5], [-.5, .5]), 2, 3 not.
+# Lengths 2, 1, 1, 2 | 2, 2, 2, 2 (14 tokens). Per-token l = -logp * A:
+# row 0 (-1, -2) * .5 -> .5 + 1 = 1.5; row 1 (-2) * -.5 -> -1; row 2 (-1) * -.5 -> -.5; row 3 (-1, -1) * .5 -> 1.
+# Rows 0-3: sum 1, 6 tokens; rows 4-7: 0, 8 tokens.
+AGE_LOGP = jnp.array([[-1.0, -2.0], [-2.0, -9.0], [-1.0, -9.0], [-1.0, -1.0]] + [[-3.0, -3.0]] * 4)
+AGE_MASK = jnp.array([[1, 1], [1, 0], [1, 0], [1, 1]] + [[1, 1]] * 4)
+AGE_R = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("K,D,expected", [
+    (1, 1, 1 / 14 / 0.5),  # whole batch: token mean 1/14, inverse_alpha 2/4
+    (2, 1, (1 / 6 / 1.0 + 0.0) / 2),  # step 0: rows 0-3, alpha^-1 = 1; step 1: no valid group, 0
+    (1, 2, (1 / 6 + 0.0) / 2 / 0.5),  # one step, two devices: token means 1/6 and 0, alpha^-1 = 2/4
+    (2, 2, (0.5 / 3 + 0.5 / 3 + 0 + 0) / 4),  # rows 0-1: 1.5 - 1 over 3 tokens; rows 2-3: 1 - .5 over 3
+])
+def test_gpg_age_per_micro_step(K, D, expected):
+    loss, _ = gpg_loss(AGE_LOGP, AGE_MASK, AGE_R, 2, age_micro_steps=K, age_devices=D)
+    close(loss, expected)
+
+
+def test_gpg_age_per_micro_step_gradient():
+    # K = 2: the first micro-step's tokens weigh 1 / (2 steps * 6 tokens * alpha^-1 = 1); d/dlogp = -A / 12.
+    grad = jax.grad(lambda lp: gpg_loss(lp, AGE_MASK, AGE_R, 2, age_micro_steps=2)[0])(AGE_LOGP)
+    w = 0.5 / 12
+    close(grad, [[-w, -w], [w, 0], [w, 0], [-w, -w]] + [[0, 0]] * 4)
+    with pytest.raises(ValueError, match="does not split 8 rows"):
+        gpg_loss(AGE_LOGP, AGE_MASK, AGE_R, 2, age_micro_steps=3)
+    with pytest.raises(ValueError, match="token_mean form"):
+        gpg_loss(AGE_LOGP, AGE_MASK, AGE_R, 2, age_micro_steps=2, aggregation="valid_token_mean")
+
+
 # ---------------------------------------------------------------------------- GRPO
 # Two samples, rewards [1, 0]: Bessel std sqrt(0.5), A = +-0.5 / (sqrt(0.5) + 1e-4) = +-a.
 A = 0.5 / (math.sqrt(0.5) + 1e-4)
@@ -189,6 +232,78 @@ def test_rloo_loss():
     close(loss, -0.1)
     close(aux["clip_fraction"], 1 / 4)
     close(aux["advantage_abs_max"], 1.5)
+
+
+# ---------------------------------------------------------------------------- aggregation, KL clamp, entropy
+# RLOO, G = 2, rewards [1, 0]: A = [1 - 0, 0 - 1] = [1, -1]; on-policy l = -A per token;
+# lengths 3 and 1 (4 tokens).
+MASK_31 = jnp.array([[1, 1, 1], [1, 0, 0]])
+
+
+@pytest.mark.parametrize("aggregation,loss,grad", [
+    # seq_mean: (mean(-1,-1,-1) + mean(1)) / 2 = 0; d/dlogp = -A / (|o_i| * B).
+    ("seq_mean", 0.0, [[-1 / 6] * 3, [1 / 2, 0, 0]]),
+    # token_mean: (-3 + 1) / 4 tokens = -0.5; d/dlogp = -A / 4.
+    ("token_mean", -0.5, [[-1 / 4] * 3, [1 / 4, 0, 0]]),
+    # fixed_length, L_max = 4: (-3 + 1) / (2 * 4) = -0.25; d/dlogp = -A / 8.
+    ("fixed_length", -0.25, [[-1 / 8] * 3, [1 / 8, 0, 0]]),
+])
+def test_ratio_loss_aggregations(aggregation, loss, grad):
+    fn = lambda lp: rloo_loss(lp, None, None, MASK_31, jnp.array([1.0, 0.0]), 2, aggregation=aggregation,
+                              max_completion_length=4)[0]
+    close(fn(LOGP2), loss)
+    close(jax.grad(fn)(LOGP2), grad)
+
+
+def test_unknown_aggregation_is_named():
+    with pytest.raises(ValueError, match="unknown loss aggregation 'token_sum'"):
+        grpo_loss(LOGP2, None, None, MASK_31, jnp.array([1.0, 0.0]), 2, aggregation="token_sum")
+    with pytest.raises(ValueError, match="fixed_length' needs max_completion_length"):
+        grpo_loss(LOGP2, None, None, MASK_31, jnp.array([1.0, 0.0]), 2, aggregation="fixed_length")
+
+
+def test_k3_kl_clamp():
+    # Equal rewards: A = 0, only the KL remains. ref - logp = d; k3 = exp(d) - d - 1:
+    # d = 3 -> e^3 - 4 = 16.0855 -> 10 (clamped); d = 0.5 -> e^0.5 - 1.5 = 0.1487213;
+    # d = -20 -> 19 + e^-20 -> 10 (clamped); d = 0 -> 0.
+    logp = jnp.zeros((2, 2))
+    ref = jnp.array([[3.0, 0.5], [-20.0, 0.0]])
+    fn = lambda lp: grpo_loss(lp, None, ref, jnp.ones((2, 2)), jnp.array([1.0, 1.0]), 2, kl_coef=0.1,
+                              kl_clamp=10.0)
+    loss, aux = fn(logp)
+    close(loss, 0.1 * ((10 + 0.1487213) / 2 + (10 + 0) / 2) / 2)  # seq_mean
+    close(aux["kl"], (10 + 0.1487213 + 10 + 0) / 4)
+    # dk3/dlogp = 1 - exp(d), 0 where clamped; * 0.1 / (2 tokens * 2 rows).
+    close(jax.grad(lambda lp: fn(lp)[0])(logp), [[0.0, 0.1 * (1 - math.exp(0.5)) / 4], [0.0, 0.0]])
+    # Without the clamp the same tokens count in full: e^3 - 4 and 19 + e^-20.
+    _, aux = grpo_loss(logp, None, ref, jnp.ones((2, 2)), jnp.array([1.0, 1.0]), 2, kl_coef=0.1)
+    close(aux["kl"], (math.exp(3) - 4 + 0.1487213 + 19 + math.exp(-20)) / 4)
+
+
+def test_dr_grpo_kl():
+    # A = [0.5, -0.5]; ref - logp = ln 2 everywhere: k3 = 2 - ln2 - 1 = 1 - ln2 = k.
+    # l = -A + 0.1 k; sum over 3 + 1 tokens = -1.5 + 0.5 + 0.4 k; / (B * L_max = 2 * 4).
+    k = 1 - math.log(2.0)
+    fn = lambda lp: dr_grpo_loss(lp, None, MASK_31, jnp.array([1.0, 0.0]), 2, max_completion_length=4,
+                                 ref_logprobs=LOGP2 + math.log(2.0), kl_coef=0.1)
+    loss, aux = fn(LOGP2)
+    close(loss, (-1 + 0.4 * k) / 8)
+    close(aux["kl"], k)
+    # d/dlogp: -A + 0.1 (1 - e^{ln 2}) = -A - 0.1, / 8.
+    close(jax.grad(lambda lp: fn(lp)[0])(LOGP2), [[-0.075] * 3, [0.05, 0, 0]])
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        dr_grpo_loss(LOGP2, None, MASK_31, jnp.array([1.0, 0.0]), 2, max_completion_length=4, kl_coef=0.1)
+
+
+def test_entropy_bonus():
+    # RLOO token_mean as above (-0.5) minus 0.01 * token mean of H = (1 + 2 + 3 + 4) / 4 = 2.5.
+    h = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    fn = lambda ent: rloo_loss(LOGP2, None, None, MASK_31, jnp.array([1.0, 0.0]), 2, entropies=ent,
+                               entropy_coef=0.01, aggregation="token_mean")
+    loss, aux = fn(h)
+    close(loss, -0.5 - 0.01 * 2.5)
+    close(aux["entropy_bonus"], 2.5)
+    close(jax.grad(lambda e: fn(e)[0])(h), [[-0.0025] * 3, [-0.0025, 0, 0]])
 
 
 # ---------------------------------------------------------------------------- EM-FT, EM-RL

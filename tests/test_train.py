@@ -43,10 +43,13 @@ def test_em_ft_lowers_entropy(tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo", "rloo", "em_rl"])
 def test_every_algorithm_runs_a_step(tmp_path, algorithm):
+    """Two inner epochs over two PPO mini-batches of one group each: four optimizer steps."""
     c = tiny(**{"algorithm": algorithm, "total_steps": 1, "eval_every": 100, "checkpoint_every": 100,
-                "ppo.inner_epochs": 2})
-    record = Trainer(c, str(tmp_path)).train()
+                "ppo.inner_epochs": 2, "ppo.mini_batches": 2})
+    trainer = Trainer(c, str(tmp_path))
+    record = trainer.train()
     assert np.isfinite(record["loss"]) and record["step"] == 1
+    assert int(trainer.run.state.step) == 4
 
 
 def test_beta_th_resampling_reaches_threshold_and_respects_limit(tmp_path):

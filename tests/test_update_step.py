@@ -116,7 +116,10 @@ def test_micro_batching_bounds_memory():
 
 
 @pytest.mark.parametrize("loss,options", [("grpo", dict(clip_eps=0.2, kl_coef=0.1)), ("dr_grpo", dict(max_completion_length=6)),
-                                          ("rloo", dict()), ("em_ft", dict(reduction="seq_sum"))])
+                                          ("rloo", dict()), ("em_ft", dict(reduction="seq_sum")),
+                                          ("rloo", dict(aggregation="token_mean", kl_coef=0.1, kl_clamp=1.0,
+                                                        entropy_coef=0.01)),
+                                          ("gpg", dict(std_normalize=True, scale_batch=True, age_micro_steps=2))])
 def test_micro_batched_gradient_equals_full_batch_for_every_loss(loss, options):
     """Ratio, clipping and KL included: old/ref log-probs far from the current ones so clipping is active."""
     params = init_params(CFG, jax.random.PRNGKey(0))
@@ -134,3 +137,70 @@ def test_micro_batched_gradient_equals_full_batch_for_every_loss(loss, options):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     if loss == "grpo":
         assert float(aux_full["clip_fraction"]) > 0  # the clipped branch is exercised
+
+
+def _ratio_batch(B=8):
+    """B rows in groups of 2 with distinct rewards and old log-probs away from the current policy."""
+    rng = np.random.RandomState(5)
+    P, N = 5, 6
+    completion_mask = np.ones((B, N), np.int32); completion_mask[0, 4:] = 0; completion_mask[5, 2:] = 0
+    return jax.tree.map(jnp.asarray, {
+        "prompt_ids": rng.randint(0, 37, (B, P)).astype(np.int32), "prompt_mask": np.ones((B, P), np.int32),
+        "completion_ids": rng.randint(0, 37, (B, N)).astype(np.int32), "completion_mask": completion_mask,
+        "rewards": np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.5, 0.0, 0.2], np.float32)[:B],
+        "old_logprobs": rng.uniform(-4.5, -3.0, (B, N)).astype(np.float32)})
+
+
+def _run_step(sc, batch, tx, params):
+    mesh = make_mesh()
+    state, shardings = create_state(jax.tree.map(jnp.copy, params), CFG, tx, mesh)  # the state is donated
+    step = jit_update_step(CFG, sc, tx, optax.constant_schedule(1e-2), mesh, shardings, tuple(batch))
+    return step(state, batch, jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("loss,options", [("grpo", dict(clip_eps=0.2)), ("rloo", dict(clip_eps=0.2))])
+def test_one_mini_batch_is_the_plain_update(loss, options):
+    params = init_params(CFG, jax.random.PRNGKey(0))
+    batch, tx = _ratio_batch(), optax.adam(1e-2)
+    obj = make_objective(loss, 2, **options)
+    s1, m1 = _run_step(StepConfig(obj, mini_batches=1), batch, tx, params)
+    # The plain update by hand: one gradient of the whole batch, one Adam step.
+    (_, _), g = loss_and_grad(params, CFG, StepConfig(obj), batch)
+    upd, _ = tx.update(g, tx.init(params), params)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(optax.apply_updates(params, upd))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert int(s1.step) == 1
+
+
+def test_two_mini_batches_equal_two_sequential_updates():
+    """mini_batches=2 (micro-batches of one group): Adam steps on rows 0-3, then on rows 4-7 from the new
+    params, each mini-batch's loss with its own normalisers, the old log-probs the rollout policy's:
+    the first step has ratio 1, the second a ratio away from 1 and active clipping."""
+    from gpg_em.train.step import batch_logprobs
+    params = init_params(CFG, jax.random.PRNGKey(0))
+    batch, tx = dict(_ratio_batch()), optax.adam(1e-2)
+    batch["old_logprobs"] = batch_logprobs(params, CFG, batch, micro_batch_size=0, temperature=1.0,
+                                           chunk_size=128)[0]  # the rollout policy's
+    obj = make_objective("grpo", 2, clip_eps=0.01)
+    state, metrics = _run_step(StepConfig(obj, mini_batches=2, micro_batch_size=2), batch, tx, params)
+    grad = jax.jit(lambda p, b: loss_and_grad(p, CFG, StepConfig(obj), b))
+    p, opt, auxes = params, tx.init(params), []
+    for rows in (slice(0, 4), slice(4, 8)):
+        (loss, aux), g = grad(p, jax.tree.map(lambda x: x[rows], batch))
+        upd, opt = tx.update(g, opt, p)
+        p = optax.apply_updates(p, upd)
+        auxes.append({"loss": float(loss), **{k: float(v) for k, v in aux.items()}})
+    assert int(state.step) == 2
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(p)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)  # Adam divides by sqrt(v): float noise grows
+    for key in ("loss", "ratio_mean", "clip_fraction"):
+        np.testing.assert_allclose(metrics[key], (auxes[0][key] + auxes[1][key]) / 2, rtol=1e-4, atol=1e-6)
+    assert auxes[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and auxes[0]["clip_fraction"] == 0
+    assert abs(auxes[1]["ratio_mean"] - 1) > 1e-3 and auxes[1]["clip_fraction"] > 0
+
+
+def test_mini_batches_must_hold_whole_rows():
+    batch = _ratio_batch()
+    with pytest.raises(ValueError, match="ppo.mini_batches=3 does not divide the 8 rows"):
+        from gpg_em.train.step import split_mini_batches
+        split_mini_batches(batch, 3)

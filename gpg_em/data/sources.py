@@ -114,6 +114,12 @@ def record_to_entry(record: Mapping[str, Any], where: str, source: str, index: i
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
     qf, question = _pick(record, question_field, QUESTION_FIELDS, where, "question_field")
     af, raw = _pick(record, answer_field, ANSWER_FIELDS, where, "answer_field")
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):  # AMC23's answers are numbers (27.0)
+        raw = str(int(raw)) if float(raw).is_integer() else repr(raw)
+    if isinstance(raw, (list, tuple)):  # OlympiadBench's final_answer: a list of answer strings
+        if not raw or not all(isinstance(a, str) for a in raw):
+            raise ValueError(f"{where}: field {af!r} is a list but not a non-empty list of strings: {raw!r}")
+        raw = ", ".join(raw)
     gold = gold_from_text(raw, answer_format)
     if gold is None:
         wanted = "'#### answer' marker" if answer_format == "gsm8k" else "complete \\boxed{}"

@@ -29,7 +29,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the `eval` sub-command to an argparse subparsers object."""
     e = subparsers.add_parser("eval", help="pass@1 / avg@k / pass@k / maj@k / EM-INF / adaptive-T evaluation",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("--model", required=True, help="built-in name, HF folder, .gguf file or training workdir")
+    e.add_argument("--model", default=None, help="built-in name, HF folder, .gguf file or training workdir")
+    e.add_argument("--preset", default=None, help="a Python file whose get_config() sets defaults for these "
+                                                  "options, e.g. configs/paper/eval/em_inf.py")
     e.add_argument("--step", type=int, default=None, help="checkpoint step of a workdir (default: latest)")
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     d = e.add_argument_group("problems")
@@ -68,9 +70,10 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 def decoding_configs(args):
     """(EMInfConfig, AdaptiveTemperatureConfig) from the shared decoding flags (defaults: the papers')."""
     from gpg_em.rollout import AdaptiveTemperatureConfig, EMInfConfig
+    from gpg_em.decoding_args import adaptive_config
     em = EMInfConfig(lr=args.em_inf_lr, n_steps=args.em_inf_steps, kl_weight=args.em_inf_kl_weight,
                      delta=args.em_inf_delta)
-    return em, AdaptiveTemperatureConfig(alpha=args.adaptive_alpha, delta=args.adaptive_delta)
+    return em, adaptive_config(args)
 
 
 def modes_of(args) -> list[str]:
@@ -142,6 +145,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 def run_eval(args) -> dict[str, Any]:
     """Runs `gpg-em eval` from parsed args; writes args.out and prints the table. Returns the JSON dict."""
     from gpg_em.eval.harness import evaluate_modes
+    from gpg_em.eval.presets import apply_preset
+    apply_preset(args, default_args())
+    if not args.model:
+        raise SystemExit("gpg-em eval: --model is required (or a --preset that sets model)")
     from gpg_em.eval.policy import load_model
     from gpg_em.rewards import DEFAULT_EXTRACTION
     modes = modes_of(args)
@@ -166,6 +173,13 @@ def run_eval(args) -> dict[str, Any]:
     if args.out:
         print(f"wrote {args.out}")
     return out
+
+
+def default_args() -> argparse.Namespace:
+    """Every `gpg-em eval` option at its default."""
+    p = argparse.ArgumentParser(prog="gpg-em")
+    add_eval_parser(p.add_subparsers(dest="command"))
+    return p.parse_args(["eval"])
 
 
 def main(argv: list[str] | None = None) -> None:

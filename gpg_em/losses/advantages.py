@@ -56,6 +56,28 @@ def fixed_length_mean(x_BxT: jax.Array, mask_BxT: jax.Array, max_length: int) ->
     return masked_sum(x_BxT, mask_BxT) / (x_BxT.shape[0] * float(max_length))
 
 
+RATIO_AGGREGATIONS = ("seq_mean", "token_mean", "fixed_length")
+
+
+def aggregate(x_BxT: jax.Array, mask_BxT: jax.Array, aggregation: str, max_completion_length: int = 0) -> jax.Array:
+    """A per-token loss [B, T] reduced to a scalar by name.
+
+    seq_mean      mean_i( sum_t x*mask / max(sum_t mask, 1) )  TRL loss_type="grpo"; verl seq-mean-token-mean
+    token_mean    sum(x*mask) / max(sum(mask), 1)              verl token-mean; TRL "dapo"/"bnpo"
+    fixed_length  sum(x*mask) / (B * max_completion_length)    Dr.GRPO (TRL "dr_grpo")
+    """
+    if aggregation == "seq_mean":
+        return sequence_mean_batch_mean(x_BxT, mask_BxT)
+    if aggregation == "token_mean":
+        return masked_mean(x_BxT, mask_BxT)
+    if aggregation == "fixed_length":
+        if max_completion_length < 1:
+            raise ValueError("aggregation='fixed_length' needs max_completion_length >= 1, "
+                             f"got {max_completion_length}")
+        return fixed_length_mean(x_BxT, mask_BxT, max_completion_length)
+    raise ValueError(f"unknown loss aggregation {aggregation!r}; expected one of {RATIO_AGGREGATIONS}")
+
+
 # ----------------------------------------------------------------------------
 # Group advantages.
 # ----------------------------------------------------------------------------
@@ -68,13 +90,16 @@ def num_groups(batch_size: int, group_size: int) -> int:
 
 
 def group_advantages(rewards: jax.Array, group_size: int, *, estimator: str = "mean",
-                     std_normalize: bool = False) -> tuple[jax.Array, jax.Array]:
+                     std_normalize: bool = False, scale_batch: bool = False) -> tuple[jax.Array, jax.Array]:
     """Group-relative advantages, [B], and the per-row validity of their group, [B] bool.
 
     mean: A_i = r_i - mean_g(r)                      (GPG, Dr.GRPO; GRPO with std)
     rloo: A_i = r_i - mean_{j != i in g} r_j = G/(G-1) (r_i - mean_g(r))
     std_normalize: A_i / (std_g + 1e-4), std with Bessel's correction (TRL,
     `torch.std`), computed from the group-mean residuals.
+    scale_batch (with std_normalize; GPG's official `scale_batch`, open-rs
+    `gpg_std_trainer.py`): divide by std_batch + 1e-4 instead, the Bessel std
+    of all B rewards of the batch.
 
     A group is *valid* when its rewards are not all equal (std > 0). This is
     tested as max_g(r) > min_g(r), exactly, because a float32 std of equal
@@ -98,12 +123,21 @@ def group_advantages(rewards: jax.Array, group_size: int, *, estimator: str = "m
         adv_NxG = r_NxG - loo_mean_NxG
     else:
         adv_NxG = r_NxG - mean_Nx1
-    if std_normalize:
+    if scale_batch and not std_normalize:
+        raise ValueError("scale_batch divides by the batch std: it needs std_normalize=True")
+    if std_normalize and scale_batch:
+        adv_NxG = adv_NxG / (batch_std(r_B) + STD_EPS)
+    elif std_normalize:
         std_Nx1 = jnp.sqrt(jnp.sum(jnp.square(r_NxG - mean_Nx1), axis=1, keepdims=True) / bessel)
         adv_NxG = adv_NxG / (std_Nx1 + STD_EPS)
     adv_NxG = jnp.where(valid_N[:, None], adv_NxG, 0.0)
     valid_B = jnp.repeat(valid_N, group_size)
     return jax.lax.stop_gradient(adv_NxG.reshape(-1)), valid_B
+
+
+def batch_std(r_B: jax.Array) -> jax.Array:
+    """Bessel std of all rewards of the batch, sqrt(sum (r - mean r)^2 / max(B - 1, 1)) (`torch.std`)."""
+    return jnp.sqrt(jnp.sum(jnp.square(r_B - jnp.mean(r_B))) / max(r_B.shape[0] - 1, 1))
 
 
 def valid_group_stats(valid_B: jax.Array, group_size: int) -> dict[str, jax.Array]:

@@ -24,9 +24,9 @@ LOSSES: dict[str, Callable] = {
 
 LOSS_INPUTS: dict[str, tuple[str, ...]] = {
     "gpg": ("logprobs", "mask", "rewards"),
-    "grpo": ("logprobs", "old_logprobs", "ref_logprobs", "mask", "rewards"),
-    "dr_grpo": ("logprobs", "old_logprobs", "mask", "rewards"),
-    "rloo": ("logprobs", "old_logprobs", "ref_logprobs", "mask", "rewards"),
+    "grpo": ("logprobs", "old_logprobs", "ref_logprobs", "entropies", "mask", "rewards"),
+    "dr_grpo": ("logprobs", "old_logprobs", "ref_logprobs", "entropies", "mask", "rewards"),
+    "rloo": ("logprobs", "old_logprobs", "ref_logprobs", "entropies", "mask", "rewards"),
     "em_ft": ("entropies", "mask"),
 }
 

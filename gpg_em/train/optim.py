@@ -14,9 +14,13 @@ class OptimConfig:
     total_steps: int = 100
     weight_decay: float = 0.0
     b1: float = 0.9
-    b2: float = 0.99
+    b2: float = 0.999  # torch.optim.AdamW's default, as TRL (GPG) and verl (EM-RL) train
     eps: float = 1e-8
     max_grad_norm: float = 1.0  # <= 0 disables clipping
+    # Optimizer steps per training step (PPO inner epochs x mini-batches): the schedule counts
+    # training steps, so every step of one rollout uses the same learning rate (verl steps its
+    # scheduler once per rollout) and `total_steps` / `warmup_steps` keep their meaning.
+    updates_per_step: int = 1
 
 
 def learning_rate_schedule(c: OptimConfig) -> optax.Schedule:
@@ -35,8 +39,16 @@ def learning_rate_schedule(c: OptimConfig) -> optax.Schedule:
     return optax.join_schedules([warmup, decay[c.schedule]()], [c.warmup_steps])
 
 
+def per_update(schedule: optax.Schedule, updates_per_step: int) -> optax.Schedule:
+    """The schedule of training steps as a function of the optimizer's update count:
+    lr(count) = schedule(count // updates_per_step)."""
+    if updates_per_step <= 1:
+        return schedule
+    return lambda count: schedule(count // updates_per_step)
+
+
 def make_optimizer(c: OptimConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    schedule = learning_rate_schedule(c)
+    schedule = per_update(learning_rate_schedule(c), c.updates_per_step)
     adamw = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
     tx = optax.chain(optax.clip_by_global_norm(c.max_grad_norm), adamw) if c.max_grad_norm > 0 else adamw
     return tx, schedule

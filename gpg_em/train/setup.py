@@ -42,14 +42,19 @@ def build_model(c) -> Model:
 def build_objective(c) -> Objective:
     """The loss (and its static options) the config's algorithm trains with."""
     G = c.rollout.group_size
-    ppo = dict(clip_eps=c.ppo.clip_eps)
-    kl = dict(kl_coef=c.ppo.kl_coef)
-    gpg = dict(std_normalize=c.gpg.std_normalize, age=c.gpg.age, aggregation=c.gpg.aggregation)
+    ppo = dict(clip_eps=c.ppo.clip_eps, kl_clamp=c.ppo.kl_clamp, entropy_coef=c.ppo.entropy_coef,
+               **({} if c.ppo.aggregation == "default" else {"aggregation": c.ppo.aggregation}))
+    L = dict(max_completion_length=c.rollout.max_new_tokens)
+    kl = dict(kl_coef=c.ppo.kl_coef, **L)
+    gpg = dict(std_normalize=c.gpg.std_normalize, age=c.gpg.age, aggregation=c.gpg.aggregation,
+               **({"scale_batch": True} if c.gpg.scale_batch else {}),
+               **({"age_micro_steps": c.gpg.age_micro_steps, "age_devices": c.gpg.age_devices}
+                  if c.gpg.age_micro_steps * c.gpg.age_devices > 1 else {}))
     options = {
         "gpg": lambda: make_objective("gpg", G, **gpg),
         "grpo": lambda: make_objective("grpo", G, **ppo, **kl),
         "rloo": lambda: make_objective("rloo", G, **ppo, **kl),
-        "dr_grpo": lambda: make_objective("dr_grpo", G, max_completion_length=c.rollout.max_new_tokens, **ppo),
+        "dr_grpo": lambda: make_objective("dr_grpo", G, **ppo, **kl),
         "em_ft": lambda: make_objective("em_ft", G, reduction=c.em.ft_reduction),
         "em_rl": lambda: {"rloo": lambda: make_objective("rloo", G, **ppo, **kl),
                           "grpo": lambda: make_objective("grpo", G, **ppo, **kl),
@@ -59,12 +64,18 @@ def build_objective(c) -> Objective:
 
 
 def needs_old_logprobs(c, objective: Objective) -> bool:
-    """Ratio losses over several inner epochs record the rollout policy's log-probs once.
+    """Ratio losses with several optimizer steps per rollout (inner epochs or PPO mini-batches)
+    record the rollout policy's log-probs once.
 
-    With one epoch the ratio is exp(logp - stop_gradient(logp)) = 1 (TRL's
+    With one step the ratio is exp(logp - stop_gradient(logp)) = 1 (TRL's
     on-policy case): the loss receives old_logprobs=None and no extra forward runs.
     """
-    return objective.uses_ratio and c.ppo.inner_epochs > 1
+    return objective.uses_ratio and updates_per_step(c, objective) > 1
+
+
+def updates_per_step(c, objective: Objective) -> int:
+    """Optimizer steps per training step: inner_epochs * mini_batches for ratio losses, else 1."""
+    return c.ppo.inner_epochs * c.ppo.mini_batches if objective.uses_ratio else 1
 
 
 @dataclasses.dataclass
@@ -113,7 +124,8 @@ def build_run(c) -> Run:
     trim_after_compiles()
     model = build_model(c)
     objective = build_objective(c)
-    oc = OptimConfig(total_steps=c.total_steps, **c.optim.to_dict())
+    oc = OptimConfig(total_steps=c.total_steps, updates_per_step=updates_per_step(c, objective),
+                     **c.optim.to_dict())
     tx, schedule = make_optimizer(oc)
     mesh = make_mesh(c.mesh.shape)
     check_process_batch(c, mesh)

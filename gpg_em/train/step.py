@@ -49,6 +49,11 @@ class StepConfig:
     # grouped forward only: batches carry `pack_index` [m, L] (`pack_lanes`) and the groups' valid
     # completion tokens are computed end to end, without the padding after each row's stop token
     pack: bool = False
+    # PPO mini-batches: one call of the update step splits its batch into this many consecutive
+    # mini-batches of whole groups and takes one optimizer step on each, in order (verl's
+    # ppo_mini_batch_size = batch / mini_batches). Each mini-batch is a batch of its own for the
+    # loss: its normalisers (token counts, AGE) are its own.
+    mini_batches: int = 1
 
     @classmethod
     def from_config(cls, c, objective: Objective) -> "StepConfig":
@@ -56,14 +61,15 @@ class StepConfig:
         return cls(objective, micro_batch_size=c.train.micro_batch_size, temperature=c.rollout.temperature,
                    chunk_size=c.train.chunk_size, remat=c.train.remat, scan_layers=c.train.scan_layers,
                    prompt_group_size=c.rollout.group_size if c.train.share_prompts else 0,
-                   pack=bool(c.train.share_prompts and c.train.pack and c.rollout.group_size > 1))
+                   pack=bool(c.train.share_prompts and c.train.pack and c.rollout.group_size > 1),
+                   mini_batches=c.ppo.mini_batches)
 
     def pack_lanes(self, rows: int, batch_shards: int = 1) -> int:
         """Lanes of the packed layout (`shared_prefix.packing_index`) for a batch of `rows`: the fewest
-        that split into whole micro-batches and batch shards (a lane's groups then sit in one of
-        each), else one group per lane. Fewer lanes waste fewer slots: only the longest lane is padded."""
-        G = self.prompt_group_size
-        lanes = math.lcm(rows // (self.micro_batch_size or rows), batch_shards)
+        that split into whole mini-batches, micro-batches and batch shards (a lane's groups then sit
+        in one of each), else one group per lane. Fewer lanes waste fewer slots: only the longest lane is padded."""
+        G, M = self.prompt_group_size, self.mini_batches
+        lanes = math.lcm(rows // (self.micro_batch_size or rows // M), batch_shards * M)
         return lanes if (rows // G) % lanes == 0 else rows // G
 
     @property
@@ -152,16 +158,44 @@ def loss_and_grad(params, cfg: ModelConfig, sc: StepConfig, batch):
     return (loss, aux), grads
 
 
-def update_step(state, batch, rng, *, cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation,
-                schedule):
-    """One optimizer update on one batch. `rng` is accepted for losses that sample (none do yet)."""
-    del rng
+def _one_update(state, batch, *, cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation, schedule):
+    """One optimizer step on the loss of `batch` (all its rows): (state, metrics)."""
     (loss, aux), grads = loss_and_grad(state.params, cfg, sc, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step), **aux}
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def split_mini_batches(batch, mini_batches: int) -> dict:
+    """Every batch array [R, ...] -> [mini_batches, R / mini_batches, ...]: consecutive rows (whole
+    groups, as the batch holds groups in order) and, for `pack_index`, whole lanes."""
+    for k, x in batch.items():
+        if x.shape[0] % mini_batches:
+            raise ValueError(f"ppo.mini_batches={mini_batches} does not divide the {x.shape[0]} "
+                             f"{'lanes' if k == 'pack_index' else 'rows'} of {k}")
+    return _split(batch, mini_batches)
+
+
+def update_step(state, batch, rng, *, cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation,
+                schedule):
+    """One pass over the batch: `sc.mini_batches` optimizer steps, one per mini-batch, in order.
+
+    With one mini-batch this is a single update on the whole batch. With M > 1 (PPO mini-batches)
+    step m starts from the parameters step m-1 produced, so a ratio loss's ratio
+    exp(logp - old_logp) moves away from 1 and its clip is active; the old log-probs are the rollout
+    policy's, recorded once before the pass. Metrics are averaged over the M steps (`lr`: the first's).
+    `rng` is accepted for losses that sample (none do yet).
+    """
+    del rng
+    one = functools.partial(_one_update, cfg=cfg, sc=sc, tx=tx, schedule=schedule)
+    if sc.mini_batches <= 1:
+        return one(state, batch)
+    state, metrics_M = jax.lax.scan(one, state, split_mini_batches(batch, sc.mini_batches))
+    metrics = {k: jnp.mean(v) for k, v in metrics_M.items()}
+    metrics["lr"] = metrics_M["lr"][0]
+    return state, metrics
 
 
 def batch_shardings(batch_keys, mesh: Mesh) -> dict:
