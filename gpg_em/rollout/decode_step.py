@@ -18,6 +18,10 @@ the batch dimensions leading; the decoder's `[B, S, KVH, Dh]` layout makes
 XLA:CPU copy a transposed version of every layer's whole cache on every step.
 (3) The new key/value go in with one `dynamic_update_slice` each, at the
 same generated index for all rows. RoPE angles are computed once per step.
+(4) The generated slots are read in blocks, only those filled so far
+(`_gen_blocks`, an online softmax), so a step at generated index t costs
+attention over P + ~t slots whatever the budget N: a 4k budget does not make
+the early steps of a rollout cost as much as a 4k-token sequence.
 
 Rows are prompt-major: row b = i * G + j is sample j of prompt i.
 """
@@ -108,21 +112,57 @@ def _rope_fm(x_HxDhxB, cos_DhxB, sin_DhxB):
     return (x * cos_DhxB + rotated * sin_DhxB).astype(x_HxDhxB.dtype)
 
 
-def _attend(q_nxKxGxQxD, cache: KVCache, prompt_mask_nxP, gen_valid_N, dt):
-    """softmax over [prompt slots ++ generated slots] of q.k / sqrt(Dh), times v. -> [n, K, G, Q, Dh]."""
+GEN_BLOCK = 128  # generated slots read per block: a step's attention costs ceil((index + 1) / GEN_BLOCK) blocks
+
+
+def _gen_blocks(q_nxKxGxQxD, cache: KVCache, index, carry):
+    """Folds the filled generated slots 0..index into the online-softmax state `carry` = (m, l, acc):
+    running max m and normaliser l [n, K, G, Q] and unnormalised output acc [n, K, G, Q, Dh], float32.
+
+    Blocks of GEN_BLOCK slots, only the ceil((index + 1) / GEN_BLOCK) that hold a filled slot, so the
+    cost of a step follows the length generated so far, not the cache's budget N. A last block that would
+    run past N is read from N - T (dynamic_slice clamps); slots already folded in are masked by position.
+    Per block (Milakov & Gimelshein 2018, as in flash attention):
+        m' = max(m, max_t s_t),  l' = l e^(m - m') + sum_t e^(s_t - m'),  acc' = acc e^(m - m') + sum_t e^(s_t - m') v_t
+    """
+    n, K, G, Q, Dh = q_nxKxGxQxD.shape
+    N = cache.gen_k_t.shape[-1]
+    T = min(GEN_BLOCK, N)
+
+    def fold(b, carry):
+        m, l, acc = carry
+        start = jnp.minimum(b * T, N - T)
+        k_t = jax.lax.dynamic_slice_in_dim(cache.gen_k_t, start, T, axis=4)  # [n, K, G, Dh, T]
+        v = jax.lax.dynamic_slice_in_dim(cache.gen_v, start, T, axis=3)  # [n, K, G, T, Dh]
+        s = jnp.einsum("nkgqd,nkgdt->nkgqt", q_nxKxGxQxD, k_t, preferred_element_type=jnp.float32) * Dh ** -0.5
+        slot = start + jnp.arange(T)
+        s = jnp.where((slot >= b * T) & (slot <= index), s, _NEG)
+        m_new = jnp.maximum(m, s.max(-1))
+        p, scale = jnp.exp(s - m_new[..., None]), jnp.exp(m - m_new)
+        pv = jnp.einsum("nkgqt,nkgtd->nkgqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return m_new, l * scale + p.sum(-1), acc * scale[..., None] + pv
+
+    return jax.lax.fori_loop(0, index // T + 1, fold, carry)
+
+
+def _attend(q_nxKxGxQxD, cache: KVCache, prompt_mask_nxP, index, dt):
+    """softmax over [prompt slots ++ generated slots 0..index] of q.k / sqrt(Dh), times v. -> [n, K, G, Q, Dh].
+
+    The prompt part is one product per prompt shared by its G samples; it starts the online softmax
+    that `_gen_blocks` continues over the filled generated blocks.
+    """
     n, K, G, Q, Dh = q_nxKxGxQxD.shape
     P = cache.prompt_k_t.shape[-1]
     q_shared = q_nxKxGxQxD.reshape(n, K, G * Q, Dh)  # all samples of a prompt in one matmul
-    s_prompt = jnp.einsum("nkmd,nkdp->nkmp", q_shared, cache.prompt_k_t,
-                          preferred_element_type=jnp.float32).reshape(n, K, G, Q, P)
-    s_gen = jnp.einsum("nkgqd,nkgdt->nkgqt", q_nxKxGxQxD, cache.gen_k_t, preferred_element_type=jnp.float32)
-    scores = jnp.concatenate([s_prompt, s_gen], axis=-1) * Dh ** -0.5
-    valid = jnp.concatenate([prompt_mask_nxP[:, None, None, None, :],
-                             jnp.broadcast_to(gen_valid_N, (n, 1, 1, 1, gen_valid_N.shape[0]))], axis=-1)
-    probs = jax.nn.softmax(jnp.where(valid, scores, _NEG), axis=-1).astype(dt)
-    p_prompt, p_gen = probs[..., :P].reshape(n, K, G * Q, P), probs[..., P:]
-    out = jnp.einsum("nkmp,nkpd->nkmd", p_prompt, cache.prompt_v.astype(dt)).reshape(n, K, G, Q, Dh)
-    return out + jnp.einsum("nkgqt,nkgtd->nkgqd", p_gen, cache.gen_v.astype(dt))
+    s = jnp.einsum("nkmd,nkdp->nkmp", q_shared, cache.prompt_k_t, preferred_element_type=jnp.float32) * Dh ** -0.5
+    s = jnp.where(prompt_mask_nxP[:, None, None, :], s, _NEG)
+    m = s.max(-1)  # [n, K, G*Q]
+    p = jnp.exp(s - m[..., None])
+    acc = jnp.einsum("nkmp,nkpd->nkmd", p.astype(cache.prompt_v.dtype), cache.prompt_v,
+                     preferred_element_type=jnp.float32)
+    carry = (m.reshape(n, K, G, Q), p.sum(-1).reshape(n, K, G, Q), acc.reshape(n, K, G, Q, Dh))
+    _, l, acc = _gen_blocks(q_nxKxGxQxD, cache, index, carry)
+    return (acc / l[..., None]).astype(dt)
 
 
 def _attention(lp, cfg: ModelConfig, h_DxB, cos, sin, prompt_mask_nxP, cache: KVCache, index):
@@ -144,9 +184,8 @@ def _attention(lp, cfg: ModelConfig, h_DxB, cos, sin, prompt_mask_nxP, cache: KV
     gen_v = jax.lax.dynamic_update_slice(cache.gen_v, v[:, :, :, None, :].astype(cache.gen_v.dtype),
                                          (0, 0, 0, index, 0))
     cache = cache._replace(gen_k_t=gen_k_t, gen_v=gen_v)
-    gen_valid = jnp.arange(gen_k_t.shape[-1]) <= index
     q = q.reshape(K, Q, Dh, n, G).transpose(3, 0, 4, 1, 2)  # [n, K, G, Q, Dh]
-    out = _attend(q, cache, prompt_mask_nxP, gen_valid, dt)  # [n, K, G, Q, Dh]
+    out = _attend(q, cache, prompt_mask_nxP, index, dt)  # [n, K, G, Q, Dh]
     out = out.transpose(1, 3, 4, 0, 2).reshape(H * Dh, n * G)
     return _linear_fm(lp["o_proj"], out, dt), cache
 
