@@ -22,7 +22,10 @@ def get_config():
     c.total_steps = 20
     c.checkpoint_every = 10
     c.eval_every = 10
-    c.keep_checkpoints = 2
+    c.keep_checkpoints = 2  # the newest N (>= 1) are kept; only finite states are ever saved
+    # Resuming refuses config changes other than run length, schedules, layout and devices
+    # (gpg_em/train/resume.py) unless listed here: comma list of keys or prefixes, or "*".
+    c.resume = ml_collections.ConfigDict(dict(allow_config_changes=""))
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "smollm2-135m-instruct"  # built-in name, HF folder, .gguf file, or "tiny"
@@ -60,6 +63,10 @@ def get_config():
     c.reward.weights = ml_collections.config_dict.placeholder(list)
     c.reward.options = ml_collections.ConfigDict()  # {fn name: {option: value}}, e.g. extraction
     c.reward.timeout_s = 30.0
+    # A reward fn that raises, times out or returns a wrong length, non-numbers or NaN stops the run;
+    # > 0 instead scores failed samples 0 while they are at most this fraction of a step's samples
+    # (every rollout round counted; logged as reward/<name>/failed_fraction).
+    c.reward.max_failure_fraction = 0.0
 
     # GPG (Chu et al. 2025): REINFORCE with group-mean advantages and AGE.
     c.gpg = ml_collections.ConfigDict(dict(

@@ -6,6 +6,9 @@
     gpg-em export --workdir DIR --out HF_DIR
     gpg-em plan [--config ...] [--mesh D,F,T] [--devices N] [--json | --print-config] [--config.KEY=VALUE ...]
                 (per-device memory of the update step and sampler, compiled ahead of time; nothing loaded)
+
+Errors are printed as one line (exit status 2 for bad input, 1 for a run that
+stopped itself, 128 + N after signal N); add --debug anywhere for the traceback.
 """
 from __future__ import annotations
 
@@ -142,17 +145,37 @@ def parser() -> argparse.ArgumentParser:
 COMMANDS = {"train": cmd_train, "plan": cmd_plan, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export}
 
 
+def _one_line(command: str, e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"gpg-em {command}: {text}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     rest, overrides = _split_overrides(argv)
     if not rest or rest[0].startswith("-") and rest[0] not in ("-h", "--help"):
         rest = ["train"] + rest  # `gpg-em` alone runs the default training job
     args = parser().parse_args(rest)
-    from gpg_em.configuration import ConfigError
+    from gpg_em.errors import RunStopped
     try:
         COMMANDS[args.command](args, overrides)
-    except ConfigError as e:
-        raise SystemExit(f"gpg-em: {e}") from None
+    except RunStopped as e:  # the run stopped itself; its message says what was kept
+        if debug:
+            raise
+        print(_one_line(args.command, e), file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"gpg-em {args.command}: interrupted (the last saved checkpoint is kept)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as e:  # bad input; incl. ConfigError
+        if debug:
+            raise
+        print(_one_line(args.command, e) + " (--debug for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -64,10 +64,14 @@ def test_beta_th_resampling_reaches_threshold_and_respects_limit(tmp_path):
     assert r["rounds"] == 2 and r["hit_round_limit"] is True
 
 
-def test_broken_reward_counts_errors_and_training_continues(tmp_path):
-    c = tiny(**{"reward.fn": "stub_rewards:always_raises", "total_steps": 1, "eval_every": 100})
+def test_tolerated_reward_failures_are_counted_over_rounds(tmp_path):
+    """With reward.max_failure_fraction=1 a broken reward scores 0 and the run goes on; every round counts."""
+    c = tiny(**{"reward.fn": "stub_rewards:always_raises", "total_steps": 1, "eval_every": 100,
+                "reward.max_failure_fraction": 1.0, "gpg.beta_th": 0.5, "gpg.max_rounds": 3})
     record = Trainer(c, str(tmp_path)).train()
-    assert record["reward/always_raises/n_errors"] > 0 and record["reward_mean"] == 0.0
+    assert record["rounds"] == 3 and record["hit_round_limit"] is True  # all-zero rewards: no valid group
+    assert record["reward/always_raises/n_errors"] == 3 * 2 * 4  # 3 rounds x 2 prompts x 4 samples
+    assert record["reward/always_raises/failed_fraction"] == 1.0 and record["reward_mean"] == 0.0
 
 
 def _cli(workdir, *extra):
