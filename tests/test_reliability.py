@@ -273,7 +273,7 @@ def _nan_checkpoint(trainer, workdir):
     trainer.save(3)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "no_state", "nan"])
+@pytest.mark.parametrize("damage", ["truncated", "no_state", "empty", "nan"])
 def test_resume_falls_back_to_the_newest_intact_checkpoint(workdir, damage, capfd):
     import shutil
     from gpg_em.train.loop import Trainer
@@ -283,6 +283,9 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(workdir, damage, capf
         _truncate_state(newest)
     elif damage == "no_state":
         shutil.rmtree(os.path.join(newest, "state"))
+    elif damage == "empty":
+        shutil.rmtree(newest)
+        os.makedirs(newest)
     else:
         _nan_checkpoint(Trainer(c, workdir), workdir)
         newest = os.path.join(workdir, "checkpoints", "3")
