@@ -77,7 +77,20 @@ def cmd_plan(args, overrides) -> None:
     print(json.dumps(result) if args.json else format_plan(result))
 
 
+def check_sampling_flags(args, command: str) -> None:
+    """One-line errors for sampling flags out of range (before any model is loaded)."""
+    from gpg_em.errors import UserError
+    for flag, value, ok, expected in (
+            ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "an integer >= 1"),
+            ("--num-samples", args.num_samples, args.num_samples >= 1, "an integer >= 1"),
+            ("--temperature", args.temperature, args.temperature >= 0, ">= 0"),
+            ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]")):
+        if not ok:
+            raise UserError(f"{command} {flag} {value}: expected {expected}")
+
+
 def cmd_generate(args, _) -> None:
+    check_sampling_flags(args, "generate")
     from gpg_em.models import load_pretrained
     from gpg_em.rollout import generate
     from gpg_em.decoding_args import decoding_kwargs
@@ -103,7 +116,7 @@ def cmd_eval(args, _) -> None:
 
 def cmd_export(args, _) -> None:
     from gpg_em.train.export import export_workdir
-    path = export_workdir(args.workdir, args.out, step=args.step)
+    path = export_workdir(args.workdir, args.out, step=args.step, force=args.force)
     print(f"wrote {path}")
 
 
@@ -139,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    e.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     return p
 
 

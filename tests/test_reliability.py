@@ -328,3 +328,49 @@ def test_failing_reward_stops_the_run_naming_it(tmp_path):
         Trainer(c, str(tmp_path)).train()
     assert "eval at step 0: reward 'other_signature' failed on 4 of 4 samples (first: TypeError:" in str(e.value)
     assert not os.listdir(tmp_path / "checkpoints")
+
+
+# ------------------------------------------------------------------ argument validation
+@pytest.mark.parametrize("argv,needle", [
+    (["generate", "--prompt", "hi", "--max-new-tokens", "-1"], "generate --max-new-tokens -1: expected an integer >= 1"),
+    (["generate", "--prompt", "hi", "--num-samples", "-2"], "generate --num-samples -2: expected an integer >= 1"),
+    (["generate", "--prompt", "hi", "--num-samples", "0"], "generate --num-samples 0: expected an integer >= 1"),
+    (["generate", "--prompt", "hi", "--top-p", "1.5"], "generate --top-p 1.5: expected in (0, 1]"),
+    (["eval", "--model", "m", "--task-options", "{max_terms: 3}"], "--task-options '{max_terms: 3}': not JSON"),
+    (["eval", "--model", "m", "--task-options", "[3]"], "--task-options '[3]': expected a JSON object"),
+    (["eval", "--model", "m", "-k", "0"], "eval --num-samples 0: expected an integer >= 1"),
+])
+def test_bad_flags_are_one_line_errors(argv, needle, capsys):
+    from gpg_em import cli
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_context_and_source_size_are_checked():
+    from gpg_em.data import make_source
+    from gpg_em.rollout.api import check_context
+    check_context([[1] * 200], 56, 256)  # exactly the context: fine
+    with pytest.raises(ValueError, match=r"prompt 1 has 201 tokens; with max_new_tokens=56 that is 257 > the "
+                                         r"model's context of 256"):
+        check_context([[1] * 3, [1] * 201], 56, 256)
+    with pytest.raises(ValueError, match=r"size=0 \(source config key 'size'\)"):
+        make_source({"kind": "reasoning_gym", "task": "chain_sum", "options": {}, "seed": 0, "size": 0})
+
+
+def test_export_and_eval_refuse_what_would_lose_or_confuse(trained, tmp_path, capsys):
+    from gpg_em import cli
+    from gpg_em.eval.policy import restore_policy
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", "--workdir", trained, "--out", str(out)])
+    assert e.value.code == 2 and "folder exists and is not empty" in capsys.readouterr().err
+    assert os.listdir(out) == ["notes.txt"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", "--workdir", str(tmp_path), "--out", str(tmp_path / "new")])
+    assert e.value.code == 2 and "not a training run folder" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"--step 7: .* has no checkpoint of that step; it has steps \[1, 2\]"):
+        restore_policy(trained, 7)

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from gpg_em.configuration import ConfigError
 from gpg_em.data import PromptFormatter, PromptIterator, make_length_fn, make_source
 from gpg_em.models import Model
 from gpg_em.models.shared_prefix import packed_width, packing_index
@@ -54,6 +55,11 @@ class Trainer:
         self.rewards = build_rewards(c.reward.fn, c.reward.weights, c.reward.options.to_dict())
         train_source, eval_source = make_source(c.data.source), make_source(c.data.eval_source)
         self.run: Run = build_run(c)
+        context = self.run.model.config.max_position_embeddings
+        if c.data.max_prompt_tokens + c.rollout.max_new_tokens > context:
+            raise ConfigError(f"config keys data.max_prompt_tokens + rollout.max_new_tokens = "
+                              f"{c.data.max_prompt_tokens + c.rollout.max_new_tokens} exceed the model's context "
+                              f"of {context} tokens")
         self._timing = dict(sample_seconds=0.0, reward_seconds=0.0, logprob_seconds=0.0)  # of the current step
         # Multi-host: every process walks the same prompt order and keeps its own rows of each batch.
         self.rows = process_slice(self.run.mesh, c.rollout.prompts_per_step)
