@@ -83,6 +83,9 @@ def get_config():
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.99,
         eps=1e-8, max_grad_norm=1.0))
+    # > 0: an update whose gradients are NaN/inf is skipped (logged as skipped_updates), at most this
+    # many in a row; otherwise any non-finite loss, gradient norm or parameter stops the run.
+    c.optim.skip_nonfinite_updates = 0
 
     # share_prompts: each group's prompt is computed once in the update (exact, gpg_em.models.shared_prefix);
     # pack: the groups' completions are computed end to end without padding, in as few lanes as the

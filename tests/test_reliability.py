@@ -2,6 +2,7 @@
 config changes on resume, metrics files, checkpoint fallback. (Signals: tests/test_train.py.)"""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -308,8 +309,13 @@ def test_shape_mismatch_is_one_line_naming_the_dimension(workdir):
     with pytest.raises(UserError) as e:
         Trainer(c, workdir).train()
     msg = str(e.value)
-    assert "\n" not in msg and "in the checkpoint but" in msg and "128 vs 96" in msg, msg
+    assert "\n" not in msg and re.search(r"mlp/\w+/kernel is \(\d+, \d+\) in the checkpoint but \(\d+, \d+\) in this "
+                                       r"run \(dim \d: 128 vs 96\)", msg), msg
     assert _steps(workdir) == [1, 2]
+    c = tiny(**{"total_steps": 2, "optim.skip_nonfinite_updates": 2, "resume.allow_config_changes": "optim"})
+    with pytest.raises(UserError, match=r"checkpoints/2: only the checkpoint has the array opt_state/1/0/count; "):
+        Trainer(c, workdir).train()  # another optimizer's state: refused, not taken for a broken checkpoint
+    assert _steps(workdir) == [1, 2] and not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
 
 
 def test_busy_workdir_is_refused_naming_the_holder(workdir):
@@ -374,3 +380,25 @@ def test_export_and_eval_refuse_what_would_lose_or_confuse(trained, tmp_path, ca
     assert e.value.code == 2 and "not a training run folder" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"--step 7: .* has no checkpoint of that step; it has steps \[1, 2\]"):
         restore_policy(trained, 7)
+
+
+def test_skip_nonfinite_updates_leaves_the_state_and_counts():
+    """optim.skip_nonfinite_updates=2: NaN gradients leave params and moments as they were, twice in a row;
+    a third is applied (and the loop's finiteness check then stops the run)."""
+    import optax
+    from gpg_em.train.optim import OptimConfig, make_optimizer, skipped_updates
+    tx, _ = make_optimizer(OptimConfig(learning_rate=0.1, skip_nonfinite_updates=2))
+    params = {"w": jnp.array([1.0, 2.0])}
+    state = tx.init(params)
+    nan = {"w": jnp.array([jnp.nan, 1.0])}
+    for n in (1, 2):
+        updates, state = tx.update(nan, state, params)
+        params = optax.apply_updates(params, updates)
+        np.testing.assert_array_equal(params["w"], [1.0, 2.0])
+        assert skipped_updates(state) == (n, n)
+    third, _ = tx.update(nan, state, params)  # one too many in a row: applied, the params turn NaN
+    assert not guard.params_finite(optax.apply_updates(params, third))
+    updates, state = tx.update({"w": jnp.array([1.0, 1.0])}, state, params)  # a finite one resets the run
+    assert skipped_updates(state) == (0, 2) and guard.params_finite(optax.apply_updates(params, updates))
+    assert skipped_updates(make_optimizer(OptimConfig())[0].init(params)) == (0, 0)
+    guard.check_update({"step": 4, "loss": float("nan"), "grad_norm": float("nan")}, params, 3, skipped=True)

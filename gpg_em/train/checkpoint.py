@@ -9,9 +9,9 @@ a run killed mid-save resumes from the previous complete checkpoint.
 `restore_intact` restores the newest checkpoint that reads back whole with
 finite parameters; a broken one (truncated or missing files, an empty step
 folder, NaN arrays) is moved to `<workdir>/checkpoints_corrupt/` with a
-warning and the next older one is tried. A checkpoint whose parameter shapes
-differ from the run's model is not broken but another model's: that stops
-with one line naming the array and the differing dimension.
+warning and the next older one is tried. A checkpoint whose arrays (paths or
+shapes) differ from the run's state is not broken but another model's or
+optimizer's: that stops with one line naming the array and the dimension.
 """
 from __future__ import annotations
 
@@ -60,25 +60,29 @@ def _path(keys) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in keys)
 
 
-def shape_mismatch(step_dir: str, abstract_params) -> str | None:
-    """The first parameter whose saved shape differs from `abstract_params`, described; None if all match.
+def _leaf_shapes(tree) -> dict[str, tuple]:
+    return {_path(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
-    Raises (orbax's error) when the checkpoint's metadata cannot be read.
+
+def shape_mismatch(step_dir: str, abstract_state) -> str | None:
+    """The first array whose saved path or shape differs from `abstract_state`, described; None if all match.
+
+    Raises when the checkpoint's metadata cannot be read (a broken checkpoint, not another model's).
     """
     saved = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state"))
-    saved = dict((_path(p), leaf) for p, leaf in
-                 jax.tree_util.tree_leaves_with_path(getattr(saved, "item_metadata", saved)))
+    saved = _leaf_shapes(getattr(saved, "item_metadata", saved))
     if not any(name.startswith("params/") for name in saved):
         raise FileNotFoundError(f"{step_dir}/state: no parameter metadata")
-    for p, leaf in jax.tree_util.tree_leaves_with_path(abstract_params):
-        name = "params/" + _path(p)
-        if name not in saved:
-            return f"the checkpoint has no array {name}"
-        old, new = tuple(saved[name].shape), tuple(leaf.shape)
+    wanted = _leaf_shapes(abstract_state)
+    for name in sorted(set(saved) ^ set(wanted)):
+        where = "the checkpoint" if name in saved else "this run's state"
+        return f"only {where} has the array {name}"
+    for name, new in wanted.items():
+        old = saved[name]
         if old != new:
             dims = [i for i in range(min(len(old), len(new))) if old[i] != new[i]]
             where = f"dim {dims[0]}: {old[dims[0]]} vs {new[dims[0]]}" if dims else f"rank {len(old)} vs {len(new)}"
-            return f"{name} is {old} in the checkpoint but {new} in this run's model ({where})"
+            return f"{name} is {old} in the checkpoint but {new} in this run ({where})"
     return None
 
 
@@ -94,12 +98,12 @@ def _try_restore(mngr, workdir: str, step: int, abstract_state, finite) -> tuple
     """(state, loop) of `step`, or why it is unusable; raises UserError on a shape mismatch."""
     step_dir = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
     try:
-        mismatch = shape_mismatch(step_dir, abstract_state.params)
+        mismatch = shape_mismatch(step_dir, abstract_state)
     except Exception as e:  # noqa: BLE001 - unreadable metadata: a broken checkpoint
         return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     if mismatch:
-        raise UserError(f"{step_dir}: {mismatch}; the run's model (model.*) differs from the one this "
-                        "workdir was trained with: use another --workdir, or the original model")
+        raise UserError(f"{step_dir}: {mismatch}; this run's model or optimizer differs from the ones this "
+                        "workdir was trained with: use another --workdir, or the original settings")
     try:
         state, loop = restore(mngr, step, abstract_state)
     except Exception as e:  # noqa: BLE001 - any read failure marks the checkpoint broken

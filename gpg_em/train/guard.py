@@ -50,9 +50,12 @@ def nonfinite_metrics(record: dict[str, Any], keys: Sequence[str] = CHECKED_METR
     return [f"{k}={record[k]}" for k in keys if k in record and not math.isfinite(record[k])]
 
 
-def check_update(record: dict[str, Any], params, last_checkpoint: int | None) -> None:
-    """Raises NonFiniteError when the step's loss/grad norm or the updated params are not finite."""
-    bad = nonfinite_metrics(record)
+def check_update(record: dict[str, Any], params, last_checkpoint: int | None, skipped: bool = False) -> None:
+    """Raises NonFiniteError when the step's loss/grad norm or the updated params are not finite.
+
+    `skipped`: the optimizer skipped this update (optim.skip_nonfinite_updates), so only params count.
+    """
+    bad = [] if skipped else nonfinite_metrics(record)
     if not bad and not params_finite(params):
         bad = ["parameters (after the update)"]
     if bad:

@@ -36,6 +36,7 @@ from gpg_em.train import checkpoint as ckpt, guard, host_memory, resume
 from gpg_em.train.evaluate import evaluate
 from gpg_em.train.lock import WorkdirLock
 from gpg_em.train.metrics import MetricsWriter, NullWriter
+from gpg_em.train.optim import skipped_updates
 from gpg_em.train.resampling import assemble_batch, needs_more
 from gpg_em.train.rollouts import RolloutSpec, check_groups_share_prompts, merge_prompt_width, sample_round, score_round
 from gpg_em.train.setup import BATCH_KEYS, Run, build_run, needs_old_logprobs
@@ -230,8 +231,9 @@ class Trainer:
                    dynamic_ncols=True, disable=not is_primary())
         for step in bar:
             record = self.step(step)
+            in_a_row, record["skipped_updates"] = skipped_updates(self.run.state.opt_state)
             writer.write(record)
-            guard.check_update(record, self.run.state.params, self.last_saved)
+            guard.check_update(record, self.run.state.params, self.last_saved, skipped=in_a_row > 0)
             bar.set_postfix(reward=f"{record['reward_mean']:.3f}", loss=f"{record['loss']:.4f}",
                             H=f"{record['entropy_mean']:.3f}", valid=f"{record.get('valid_fraction', 1):.2f}")
             done = step + 1
