@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from gpg_em.configuration import ConfigError
 from gpg_em.data import PromptFormatter, PromptIterator, make_length_fn, make_source
+from gpg_em.errors import Interrupted
 from gpg_em.models import Model
 from gpg_em.models.shared_prefix import packed_width, packing_index
 from gpg_em.parallel import (agree_any, agree_max, batch_shards, gather_host_rows, global_batch, is_primary,
@@ -31,7 +32,6 @@ from gpg_em.parallel import (agree_any, agree_max, batch_shards, gather_host_row
 from gpg_em.rewards import build_rewards
 from gpg_em.rollout.decode_cpu import release_packed_weights
 from gpg_em.rollout.sharded import process_sampler
-from gpg_em.errors import Interrupted
 from gpg_em.train import checkpoint as ckpt, guard, host_memory, resume
 from gpg_em.train.evaluate import evaluate
 from gpg_em.train.lock import WorkdirLock
