@@ -131,6 +131,8 @@ def safe_rewards(fn: Callable, prompts: Sequence[Any], completions: Sequence[str
         return np.zeros(n, np.float32), {"n_errors": n, "n_timeouts": 0, "n_stuck": n_stuck(),
                                          "first_error": f"aborted with {_describe(result)}"}
     values, n_err, first = result
+    if n_err:
+        _log_once(fn, f"failed on {n_err} of {n} completions (first: {first}); those rewards set to 0")
     return values.astype(np.float32), {"n_errors": n_err, "n_timeouts": 0, "n_stuck": n_stuck(), "first_error": first}
 
 

@@ -113,16 +113,19 @@ def _try_restore(mngr, workdir: str, step: int, abstract_state, finite) -> tuple
     return state, loop
 
 
-def restore_intact(mngr: ocp.CheckpointManager, workdir: str, abstract_state, finite
+def restore_intact(mngr: ocp.CheckpointManager, workdir: str, abstract_state, finite, move: bool = True
                    ) -> tuple[int, Any, dict[str, Any]] | None:
     """(step, state, loop) of the newest usable checkpoint, broken newer ones quarantined; None if none.
 
-    `finite(params) -> bool` vets the restored parameters.
+    `finite(params) -> bool` vets the restored parameters. `move`: quarantine broken ones (multi-host:
+    process 0 only; the others skip the same steps, as every process reads the same files).
     """
     for step in sorted(mngr.all_steps(), reverse=True):
         got = _try_restore(mngr, workdir, step, abstract_state, finite)
         if not isinstance(got, str):
             return step, got[0], got[1]
+        if not move:
+            continue
         dest = quarantine(workdir, step)
         print(f"gpg-em: checkpoint step {step} is {got}; moved to {dest}, trying the previous one",
               file=sys.stderr, flush=True)

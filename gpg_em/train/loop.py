@@ -177,7 +177,7 @@ class Trainer:
     def restore(self) -> int:
         """The step of the newest intact checkpoint, restored (0 when there is none)."""
         got = ckpt.restore_intact(self.checkpoints, self.workdir, ckpt.abstract_like(self.run.state),
-                                  guard.params_finite)
+                                  guard.params_finite, move=is_primary())
         if got is None:
             return 0
         step, self.run.state, loop = got

@@ -54,7 +54,7 @@ class MetricsWriter:
         if cut:
             with open(os.path.join(os.path.dirname(self.path), DISCARDED), "a", encoding="utf-8") as f:
                 f.writelines(cut)
-            print(f"gpg-em: {len(cut)} records of {self.path} after step {resume_step} (the last checkpoint) "
+            print(f"gpg-em: {len(cut)} records of {self.path} after step {resume_step}, where this run starts, "
                   f"moved to {DISCARDED}", file=sys.stderr, flush=True)
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(keep)
