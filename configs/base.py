@@ -22,7 +22,10 @@ def get_config():
     c.total_steps = 20
     c.checkpoint_every = 10
     c.eval_every = 10
-    c.keep_checkpoints = 2
+    c.keep_checkpoints = 2  # the newest N (>= 1) are kept; only finite states are ever saved
+    # Resuming refuses config changes other than run length, schedules, layout and devices
+    # (gpg_em/train/resume.py) unless listed here: comma list of keys or prefixes, or "*".
+    c.resume = ml_collections.ConfigDict(dict(allow_config_changes=""))
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "smollm2-135m-instruct"  # built-in name, HF folder, .gguf file, or "tiny"
@@ -60,6 +63,10 @@ def get_config():
     c.reward.weights = ml_collections.config_dict.placeholder(list)
     c.reward.options = ml_collections.ConfigDict()  # {fn name: {option: value}}, e.g. extraction
     c.reward.timeout_s = 30.0
+    # A reward fn that raises, times out or returns a wrong length, non-numbers or NaN stops the run;
+    # > 0 instead scores failed samples 0 while they are at most this fraction of a step's samples
+    # (every rollout round counted; logged as reward/<name>/failed_fraction).
+    c.reward.max_failure_fraction = 0.0
 
     # GPG (Chu et al. 2025): REINFORCE with group-mean advantages and AGE. scale_batch (with
     # std_normalize): the batch's reward std instead of each group's. age_micro_steps / age_devices:
@@ -86,6 +93,9 @@ def get_config():
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999,
         eps=1e-8, max_grad_norm=1.0))
+    # > 0: an update whose gradients are NaN/inf is skipped (logged as skipped_updates), at most this
+    # many in a row; otherwise any non-finite loss, gradient norm or parameter stops the run.
+    c.optim.skip_nonfinite_updates = 0
 
     # share_prompts: each group's prompt is computed once in the update (exact, gpg_em.models.shared_prefix);
     # pack: the groups' completions are computed end to end without padding, in as few lanes as the

@@ -232,6 +232,8 @@ def execute(runs: list[RunSpec], *, force: bool = False, stop_on_error: bool = F
             if changed and not force:
                 raise ValueError(f"{run.workdir}/config.json differs from this run's config in {changed}; "
                                  "rerun with --force to continue it anyway, or move the folder away")
+            if changed:  # --force: the Trainer records each change in metrics.jsonl
+                c.resume.allow_config_changes = "*"
             status = run_status(run.workdir, c.total_steps)
             if status == "done":
                 outcome[run.name] = "skipped"

@@ -6,6 +6,9 @@
     gpg-em export --workdir DIR --out HF_DIR
     gpg-em plan [--config ...] [--mesh D,F,T] [--devices N] [--json | --print-config] [--config.KEY=VALUE ...]
                 (per-device memory of the update step and sampler, compiled ahead of time; nothing loaded)
+
+Errors are printed as one line (exit status 2 for bad input, 1 for a run that
+stopped itself, 128 + N after signal N); add --debug anywhere for the traceback.
 """
 from __future__ import annotations
 
@@ -78,7 +81,20 @@ def cmd_plan(args, overrides) -> None:
     print(json.dumps(result) if args.json else format_plan(result))
 
 
+def check_sampling_flags(args, command: str) -> None:
+    """One-line errors for sampling flags out of range (before any model is loaded)."""
+    from gpg_em.errors import UserError
+    for flag, value, ok, expected in (
+            ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "an integer >= 1"),
+            ("--num-samples", args.num_samples, args.num_samples >= 1, "an integer >= 1"),
+            ("--temperature", args.temperature, args.temperature >= 0, ">= 0"),
+            ("--top-p", args.top_p, 0 < args.top_p <= 1, "in (0, 1]")):
+        if not ok:
+            raise UserError(f"{command} {flag} {value}: expected {expected}")
+
+
 def cmd_generate(args, _) -> None:
+    check_sampling_flags(args, "generate")
     from gpg_em.models import load_pretrained
     from gpg_em.rollout import generate
     from gpg_em.decoding_args import decoding_kwargs
@@ -104,7 +120,7 @@ def cmd_eval(args, _) -> None:
 
 def cmd_export(args, _) -> None:
     from gpg_em.train.export import export_workdir
-    path = export_workdir(args.workdir, args.out, step=args.step)
+    path = export_workdir(args.workdir, args.out, step=args.step, force=args.force)
     print(f"wrote {path}")
 
 
@@ -140,23 +156,44 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--out", required=True)
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    e.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     return p
 
 
 COMMANDS = {"train": cmd_train, "plan": cmd_plan, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export}
 
 
+def _one_line(command: str, e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"gpg-em {command}: {text}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     rest, overrides = _split_overrides(argv)
     if not rest or rest[0].startswith("-") and rest[0] not in ("-h", "--help"):
         rest = ["train"] + rest  # `gpg-em` alone runs the default training job
     args = parser().parse_args(rest)
-    from gpg_em.configuration import ConfigError
+    from gpg_em.errors import RunStopped
     try:
         COMMANDS[args.command](args, overrides)
-    except ConfigError as e:
-        raise SystemExit(f"gpg-em: {e}") from None
+    except RunStopped as e:  # the run stopped itself; its message says what was kept
+        if debug:
+            raise
+        print(_one_line(args.command, e), file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"gpg-em {args.command}: interrupted (the last saved checkpoint is kept)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as e:  # bad input; incl. ConfigError
+        if debug:
+            raise
+        print(_one_line(args.command, e) + " (--debug for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -132,6 +132,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
                 "eval.max_new_tokens"):
         value = c[key.split(".")[0]] if "." not in key else c[key.split(".")[0]][key.split(".")[1]]
         _require(isinstance(value, int) and value >= 1, key, f"must be a positive integer, got {value!r}")
+    _require(isinstance(c.keep_checkpoints, int) and c.keep_checkpoints >= 1, "keep_checkpoints",
+             f"must be an integer >= 1 (the newest checkpoints kept), got {c.keep_checkpoints!r}")
+    _require(isinstance(c.optim.skip_nonfinite_updates, int) and c.optim.skip_nonfinite_updates >= 0,
+             "optim.skip_nonfinite_updates", f"must be an integer >= 0, got {c.optim.skip_nonfinite_updates!r}")
+    frac = c.reward.max_failure_fraction
+    _require(isinstance(frac, (int, float)) and 0.0 <= frac <= 1.0, "reward.max_failure_fraction",
+             f"must be in [0, 1] (0: any reward failure stops the run), got {frac!r}")
     grouped = c.algorithm != "em_ft"
     _require(not grouped or c.rollout.group_size >= 2, "rollout.group_size",
              f"{c.algorithm} compares samples of one prompt: needs group_size >= 2, got {c.rollout.group_size}")

@@ -16,3 +16,13 @@ def mostly_invalid(prompts, completions, entries):
 
 def always_raises(prompts, completions, entries):
     raise RuntimeError("broken reward")
+
+
+def nan_for_sevens(prompts, completions, entries):
+    """NaN for completions holding a '7', else 0."""
+    return [float("nan") if "7" in c else 0.0 for c in completions]
+
+
+def other_signature(completions, **kwargs):
+    """A reward written for another library's calling convention: every call raises TypeError."""
+    return [0.0 for _ in completions]

@@ -67,10 +67,14 @@ def test_beta_th_resampling_reaches_threshold_and_respects_limit(tmp_path):
     assert r["rounds"] == 2 and r["hit_round_limit"] is True
 
 
-def test_broken_reward_counts_errors_and_training_continues(tmp_path):
-    c = tiny(**{"reward.fn": "stub_rewards:always_raises", "total_steps": 1, "eval_every": 100})
+def test_tolerated_reward_failures_are_counted_over_rounds(tmp_path):
+    """With reward.max_failure_fraction=1 a broken reward scores 0 and the run goes on; every round counts."""
+    c = tiny(**{"reward.fn": "stub_rewards:always_raises", "total_steps": 1, "eval_every": 100,
+                "reward.max_failure_fraction": 1.0, "gpg.beta_th": 0.5, "gpg.max_rounds": 3})
     record = Trainer(c, str(tmp_path)).train()
-    assert record["reward/always_raises/n_errors"] > 0 and record["reward_mean"] == 0.0
+    assert record["rounds"] == 3 and record["hit_round_limit"] is True  # all-zero rewards: no valid group
+    assert record["reward/always_raises/n_errors"] == 3 * 2 * 4  # 3 rounds x 2 prompts x 4 samples
+    assert record["reward/always_raises/failed_fraction"] == 1.0 and record["reward_mean"] == 0.0
 
 
 def _cli(workdir, *extra):
@@ -91,10 +95,24 @@ def _comparable(records):
     return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]  # wall times differ
 
 
-def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
-    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """The uninterrupted run the interrupted ones must equal."""
+    ref_dir = tmp_path_factory.mktemp("reference")
     cmd, env = _cli(ref_dir)
     subprocess.run(cmd, env=env, check=True, capture_output=True)
+    return ref_dir
+
+
+def _assert_same_run(ref_dir, cut_dir):
+    for a, b in zip(_final_params(ref_dir), _final_params(cut_dir)):
+        np.testing.assert_array_equal(a, b)
+    ref = _comparable(read_metrics(ref_dir / "metrics.jsonl"))
+    assert _comparable(read_metrics(cut_dir / "metrics.jsonl")) == ref
+
+
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path, reference_run):
+    ref_dir, cut_dir = reference_run, tmp_path / "cut"
     cmd, env = _cli(cut_dir)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -103,11 +121,33 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (cut_dir / "checkpoints" / "6").exists(), "run finished before it could be killed"
+    subprocess.run(cmd, env=env, check=True, capture_output=True)  # the dead run's lock is stale: taken over
+    _assert_same_run(ref_dir, cut_dir)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_equals_uninterrupted(tmp_path, reference_run):
+    """Preemption: SIGTERM after step 1 finishes that step, saves it (off the checkpoint_every=2 schedule)
+    and exits 143 with one line; rerunning the command resumes and ends equal to the uninterrupted run."""
+    cut_dir = tmp_path / "cut"
+    cmd, env = _cli(cut_dir)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not _has_train_record(cut_dir) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate()[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("gpg-em train:")]
+    stopped = int(line.split("stopped after step ")[1].split()[0])
+    assert 1 <= stopped < 6 and "rerun the same command to resume" in line, line
+    assert (cut_dir / "checkpoints" / str(stopped)).exists() and not (cut_dir / "train.lock").exists()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
-    for a, b in zip(_final_params(ref_dir), _final_params(cut_dir)):
-        np.testing.assert_array_equal(a, b)
-    ref = _comparable(read_metrics(ref_dir / "metrics.jsonl"))
-    assert _comparable(read_metrics(cut_dir / "metrics.jsonl")) == ref
+    _assert_same_run(reference_run, cut_dir)
+
+
+def _has_train_record(workdir):
+    path = workdir / "metrics.jsonl"
+    return path.exists() and '"kind": "train"' in path.read_text()
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -55,6 +55,8 @@ class ReasoningGymSource(Sequence):
                              f"{hint}{RG_NAMES_HINT}")
         self.task, self.options = task, dict(options or {})
         self.seed, self.size = int(seed), int(size)
+        if self.size < 1:
+            raise ValueError(f"reasoning-gym task {task!r}: size={size} (source config key 'size'): must be >= 1")
         try:
             self._dataset = reasoning_gym.create_dataset(task, seed=self.seed, size=self.size,
                                                          **self.options)

@@ -88,6 +88,28 @@ def modes_of(args) -> list[str]:
     return modes
 
 
+def _task_options(text: str) -> dict:
+    from gpg_em.errors import UserError
+    try:
+        options = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"--task-options {text!r}: not JSON ({e}); expected e.g. '{{\"max_terms\": 3}}'") from None
+    if not isinstance(options, dict):
+        raise UserError(f"--task-options {text!r}: expected a JSON object of option: value")
+    return options
+
+
+def check_flags(args) -> None:
+    """One-line errors for out-of-range numbers, before any model is loaded."""
+    from gpg_em.cli import check_sampling_flags
+    from gpg_em.errors import UserError
+    check_sampling_flags(args, "eval")
+    if args.rows_per_call < 1:
+        raise UserError(f"eval --rows-per-call {args.rows_per_call}: expected an integer >= 1")
+    if args.task_options:
+        _task_options(args.task_options)
+
+
 def load_problems(args, run_config=None) -> tuple[list[dict], dict[str, Any]]:
     """(entries, a description of where they came from)."""
     from gpg_em.data import make_source
@@ -105,7 +127,7 @@ def load_problems(args, run_config=None) -> tuple[list[dict], dict[str, Any]]:
     elif args.task is not None:
         task = args.task
     if args.task_options:
-        options = json.loads(args.task_options)
+        options = _task_options(args.task_options)
     if args.num_prompts < 1:
         raise ValueError("--num-prompts must be >= 1 for a reasoning-gym task")
     spec = {"kind": "reasoning_gym", "task": task, "options": options, "seed": args.seed, "size": args.num_prompts}
@@ -152,6 +174,7 @@ def run_eval(args) -> dict[str, Any]:
     from gpg_em.eval.policy import load_model
     from gpg_em.rewards import DEFAULT_EXTRACTION
     modes = modes_of(args)
+    check_flags(args)
     em_inf, adaptive = decoding_configs(args)
     model, info = load_model(args.model, dtype=args.dtype, step=args.step)
     run_config = info.pop("run_config", None)

@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from gpg_em.errors import UserError
 from gpg_em.models import Model, load_pretrained
 
 
@@ -36,9 +37,12 @@ def restore_policy(workdir: str, step: int | None = None) -> tuple[Model, ml_col
     c = read_run_config(workdir)
     run = build_run(c)
     mngr = ckpt.manager(workdir)
-    step = ckpt.latest_step(mngr) if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to restore")
+    steps = ckpt.available_steps(mngr)
+    if not steps:
+        raise UserError(f"{workdir}/checkpoints: no checkpoint to restore")
+    if step is not None and step not in steps:
+        raise UserError(f"--step {step}: {workdir} has no checkpoint of that step; it has steps {steps}")
+    step = steps[-1] if step is None else step
     state, _ = ckpt.restore(mngr, step, ckpt.abstract_like(run.state))
     return Model(state.params, run.model.config, run.model.tokenizer), c, int(step)
 

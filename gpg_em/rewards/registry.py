@@ -118,15 +118,21 @@ def build_rewards(fn: str | Sequence[str], weights: Sequence[float] | Mapping[st
     return comps
 
 
-def compute_rewards(components: Sequence[RewardComponent], prompts, completions, entries,
-                    timeout_s: float | None = 30.0) -> tuple[np.ndarray, dict[str, float]]:
-    """Weighted sum of safely-run components: (rewards float32 [B], metrics).
+@dataclasses.dataclass(frozen=True)
+class RewardFailure:
+    """One component's failed samples in one call: errors (raised, wrong length, non-numeric, NaN) and timeouts."""
+    name: str
+    n_errors: int
+    n_timeouts: int
+    first_error: str  # one line: the first failure's description
 
-    Each component is guarded on its own, so one broken fn zeroes only its
-    own term. Metrics: reward/<name>/mean, /n_errors, /n_timeouts, and n_stuck.
-    """
+
+def score_rewards(components: Sequence[RewardComponent], prompts, completions, entries,
+                  timeout_s: float | None = 30.0) -> tuple[np.ndarray, dict[str, float], list[RewardFailure]]:
+    """`compute_rewards` plus one RewardFailure per component that failed on some sample."""
     total = np.zeros(len(completions), np.float32)
     metrics: dict[str, float] = {}
+    failures = []
     for comp in components:
         values, counts = safe_rewards(comp.fn, prompts, completions, entries, timeout_s)
         total += np.float32(comp.weight) * values
@@ -134,6 +140,20 @@ def compute_rewards(components: Sequence[RewardComponent], prompts, completions,
         metrics[f"reward/{comp.name}/n_errors"] = counts["n_errors"]
         metrics[f"reward/{comp.name}/n_timeouts"] = counts["n_timeouts"]
         metrics["reward/n_stuck"] = counts["n_stuck"]
+        if counts["n_errors"] or counts["n_timeouts"]:
+            failures.append(RewardFailure(comp.name, counts["n_errors"], counts["n_timeouts"],
+                                          counts["first_error"] or "failed"))
+    return total, metrics, failures
+
+
+def compute_rewards(components: Sequence[RewardComponent], prompts, completions, entries,
+                    timeout_s: float | None = 30.0) -> tuple[np.ndarray, dict[str, float]]:
+    """Weighted sum of safely-run components: (rewards float32 [B], metrics).
+
+    Each component is guarded on its own, so one broken fn zeroes only its
+    own term. Metrics: reward/<name>/mean, /n_errors, /n_timeouts, and n_stuck.
+    """
+    total, metrics, _ = score_rewards(components, prompts, completions, entries, timeout_s)
     return total, metrics
 
 

@@ -1,9 +1,12 @@
-"""Run reward functions so that no failure of theirs stops training.
+"""Run reward functions so that no failure of theirs crashes the caller.
 
-`safe_rewards` turns every failure into 0.0 rewards and a count:
+`safe_rewards` turns every failure into 0.0 rewards, a count and a
+description of the first failure (`first_error`); whether a failure stops
+training is the trainer's decision (`gpg_em.train.guard.RewardFailures`):
   raises               -> retried one sample at a time, so only the samples
                           that raise get 0.0 (counted in n_errors)
-  wrong length / type  -> handled like a raise
+  wrong length         -> every sample of the call 0.0 (n_errors)
+  non-numeric value    -> handled like a raise (a str such as "1.0" included)
   NaN / inf            -> that sample 0.0 (n_errors)
   runs past timeout_s  -> the whole call 0.0 (n_timeouts counts samples)
 
@@ -18,6 +21,7 @@ overruns until the call returns. `n_stuck` counts abandoned threads still alive.
 from __future__ import annotations
 
 import logging
+import numbers
 import threading
 from typing import Any, Callable, Mapping, Sequence
 
@@ -43,34 +47,55 @@ def _log_once(fn: Callable, msg: str, exc_info: bool = False) -> None:
         log.warning("reward %s: %s", key, msg, exc_info=exc_info)
 
 
-def _checked(fn, prompts, completions, entries) -> tuple[np.ndarray, int]:
-    """fn's rewards as float64 [n]; non-finite values zeroed and counted."""
-    out = fn(prompts, completions, entries)
-    n = len(completions)
-    values = np.asarray(list(out), dtype=np.float64)  # TypeError/ValueError on junk
-    if values.shape != (n,):
-        raise ValueError(f"returned {values.shape[0] if values.ndim else 'a scalar'} "
-                         f"values for {n} completions")
-    bad = ~np.isfinite(values)
+class WrongLength(ValueError):
+    """A reward fn returned a number of values other than one per completion (a contract error, not a sample's)."""
+
+
+def _numbers(out, n: int) -> np.ndarray:
+    """A reward fn's return value as float64 [n]; TypeError/ValueError naming what is wrong."""
+    try:
+        items = list(out)
+    except TypeError:
+        raise WrongLength(f"returned {type(out).__name__}, not a list of {n} numbers") from None
+    if len(items) != n:
+        raise WrongLength(f"returned {len(items)} values for {n} completions")
+    for i, v in enumerate(items):
+        if isinstance(v, (str, bytes)) or not isinstance(v, (numbers.Real, np.number, np.bool_)):
+            raise TypeError(f"value {i} is {v!r} ({type(v).__name__}), not a number")
+    return np.asarray(items, dtype=np.float64)
+
+
+def _checked(fn, prompts, completions, entries) -> tuple[np.ndarray, int, str | None]:
+    """(fn's rewards as float64 [n] with non-finite values zeroed, how many, the first described)."""
+    values = _numbers(fn(prompts, completions, entries), len(completions))
+    bad = np.flatnonzero(~np.isfinite(values))
+    first = f"value {bad[0]} is {values[bad[0]]}" if bad.size else None
     values[bad] = 0.0
-    return values, int(bad.sum())
+    return values, int(bad.size), first
 
 
-def _isolated(fn, prompts, completions, entries) -> tuple[np.ndarray, int]:
-    """One batch call; if it fails, one call per sample to find the culprits."""
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _isolated(fn, prompts, completions, entries) -> tuple[np.ndarray, int, str | None]:
+    """One batch call; if it fails, one call per sample to find the culprits (a wrong length fails them all)."""
     try:
         return _checked(fn, prompts, completions, entries)
+    except WrongLength as e:
+        _log_once(fn, f"{e}; rewards set to 0")
+        return np.zeros(len(completions)), len(completions), str(e)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - any user failure becomes a count
-        _log_once(fn, f"batch call failed ({type(e).__name__}: {e}); retrying per sample",
-                  exc_info=True)
+        first = _describe(e)
+        _log_once(fn, f"batch call failed ({first}); retrying per sample", exc_info=True)
     values, n_err = np.zeros(len(completions)), 0
     for i in range(len(completions)):
         try:
-            v, bad = _checked(fn, prompts[i:i + 1], completions[i:i + 1], entries[i:i + 1])
+            v, bad, _ = _checked(fn, prompts[i:i + 1], completions[i:i + 1], entries[i:i + 1])
             values[i], n_err = v[0], n_err + bad
         except (Exception, SystemExit):  # noqa: BLE001
             n_err += 1
-    return values, n_err
+    return values, n_err, first if n_err else None  # a batch-only failure lost no sample
 
 
 def n_stuck() -> int:
@@ -85,8 +110,9 @@ def safe_rewards(fn: Callable, prompts: Sequence[Any], completions: Sequence[str
     """Calls `fn(prompts, completions, entries)`; never raises because of `fn`.
 
     Returns (rewards float32 [B], counts) with counts
-    {"n_errors", "n_timeouts", "n_stuck"} for metrics. `timeout_s` None or <= 0
-    means no time limit.
+    {"n_errors", "n_timeouts", "n_stuck"} for metrics and "first_error": a
+    one-line description of the first failure, or None. `timeout_s` None or
+    <= 0 means no time limit.
     """
     n = len(completions)
     if not (len(prompts) == len(entries) == n):
@@ -97,13 +123,17 @@ def safe_rewards(fn: Callable, prompts: Sequence[Any], completions: Sequence[str
     else:
         ok, result = _in_thread(fn, prompts, completions, entries, timeout_s)
     if not ok:
-        _log_once(fn, f"timed out after {timeout_s}s on {n} completions; rewards set to 0")
-        return np.zeros(n, np.float32), {"n_errors": 0, "n_timeouts": n, "n_stuck": n_stuck()}
+        first = f"timed out after {timeout_s}s on {n} completions"
+        _log_once(fn, f"{first}; rewards set to 0")
+        return np.zeros(n, np.float32), {"n_errors": 0, "n_timeouts": n, "n_stuck": n_stuck(), "first_error": first}
     if isinstance(result, BaseException):
         _log_once(fn, f"aborted with {type(result).__name__}; rewards set to 0")
-        return np.zeros(n, np.float32), {"n_errors": n, "n_timeouts": 0, "n_stuck": n_stuck()}
-    values, n_err = result
-    return values.astype(np.float32), {"n_errors": n_err, "n_timeouts": 0, "n_stuck": n_stuck()}
+        return np.zeros(n, np.float32), {"n_errors": n, "n_timeouts": 0, "n_stuck": n_stuck(),
+                                         "first_error": f"aborted with {_describe(result)}"}
+    values, n_err, first = result
+    if n_err:
+        _log_once(fn, f"failed on {n_err} of {n} completions (first: {first}); those rewards set to 0")
+    return values.astype(np.float32), {"n_errors": n_err, "n_timeouts": 0, "n_stuck": n_stuck(), "first_error": first}
 
 
 def _in_thread(fn, prompts, completions, entries, timeout_s: float) -> tuple[bool, Any]:

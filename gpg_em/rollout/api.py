@@ -69,6 +69,15 @@ def _pad_id(model: Model, stop_ids: tuple[int, ...]) -> int:
     return int(pad) if pad is not None else (stop_ids[0] if stop_ids else 0)
 
 
+def check_context(ids: Sequence[Sequence[int]], max_new_tokens: int, context: int) -> None:
+    """Refuses a prompt whose tokens plus `max_new_tokens` exceed the model's context (nothing is truncated)."""
+    for i, prompt in enumerate(ids):
+        if len(prompt) + max_new_tokens > context:
+            raise ValueError(f"prompt {i} has {len(prompt)} tokens; with max_new_tokens={max_new_tokens} that is "
+                             f"{len(prompt) + max_new_tokens} > the model's context of {context} tokens "
+                             "(max_position_embeddings): shorten the prompt or lower max_new_tokens")
+
+
 def generate(model: Model, prompts: Sequence, *, max_new_tokens: int, num_samples: int = 1,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False, seed: int = 0,
              chat_template: bool = True, em_inf: EMInfConfig | None = None,
@@ -85,7 +94,10 @@ def generate(model: Model, prompts: Sequence, *, max_new_tokens: int, num_sample
     """
     if isinstance(prompts, str):
         prompts = [prompts]
+    if max_new_tokens < 1 or num_samples < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}, num_samples={num_samples}: both must be >= 1")
     ids = encode_prompts(model.tokenizer, prompts, chat_template)
+    check_context(ids, max_new_tokens, model.config.max_position_embeddings)
     stop = default_stop_ids(model) if stop_token_ids is None else tuple(int(t) for t in stop_token_ids)
     sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
                               stop_token_ids=stop, pad_token_id=_pad_id(model, stop), em_inf=em_inf,

@@ -3,9 +3,17 @@
 Every source of randomness is derived from (seed, step, round), and the data
 iterator's position is checkpointed, so a run resumed from a checkpoint
 continues exactly as the uninterrupted run would have.
+
+What protects a run's work (each in its own module): one run per workdir
+(`lock.py`); resume from the newest intact checkpoint with the same config
+(`checkpoint.py`, `resume.py`); a stop before anything non-finite is saved
+and on failing rewards (`guard.py`); SIGTERM/SIGINT finish the step and save
+(`signals.py`).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from typing import Any
@@ -14,7 +22,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from gpg_em.configuration import ConfigError
 from gpg_em.data import PromptFormatter, PromptIterator, make_length_fn, make_source
+from gpg_em.errors import Interrupted
 from gpg_em.models import Model
 from gpg_em.models.shared_prefix import packed_width, packing_index
 from gpg_em.parallel import (agree_any, agree_max, batch_shards, gather_host_rows, global_batch, is_primary,
@@ -22,12 +32,15 @@ from gpg_em.parallel import (agree_any, agree_max, batch_shards, gather_host_row
 from gpg_em.rewards import build_rewards
 from gpg_em.rollout.decode_cpu import release_packed_weights
 from gpg_em.rollout.sharded import process_sampler
-from gpg_em.train import checkpoint as ckpt, host_memory
+from gpg_em.train import checkpoint as ckpt, guard, host_memory, resume
 from gpg_em.train.evaluate import evaluate
+from gpg_em.train.lock import WorkdirLock
 from gpg_em.train.metrics import MetricsWriter, NullWriter
+from gpg_em.train.optim import skipped_updates
 from gpg_em.train.resampling import assemble_batch, needs_more
 from gpg_em.train.rollouts import RolloutSpec, check_groups_share_prompts, merge_prompt_width, sample_round, score_round
 from gpg_em.train.setup import BATCH_KEYS, Run, build_run, needs_old_logprobs
+from gpg_em.train.signals import StopRequests
 
 
 def round_seed(seed: int, step: int, round_index: int) -> int:
@@ -43,6 +56,11 @@ class Trainer:
         self.rewards = build_rewards(c.reward.fn, c.reward.weights, c.reward.options.to_dict())
         train_source, eval_source = make_source(c.data.source), make_source(c.data.eval_source)
         self.run: Run = build_run(c)
+        context = self.run.model.config.max_position_embeddings
+        if c.data.max_prompt_tokens + c.rollout.max_new_tokens > context:
+            raise ConfigError(f"config keys data.max_prompt_tokens + rollout.max_new_tokens = "
+                              f"{c.data.max_prompt_tokens + c.rollout.max_new_tokens} exceed the model's context "
+                              f"of {context} tokens")
         self._timing = dict(sample_seconds=0.0, reward_seconds=0.0, logprob_seconds=0.0)  # of the current step
         # Multi-host: every process walks the same prompt order and keeps its own rows of each batch.
         self.rows = process_slice(self.run.mesh, c.rollout.prompts_per_step)
@@ -61,6 +79,7 @@ class Trainer:
         self.em_rl = dict(kind=c.em.rl_kind, reduction=c.em.rl_reduction) if c.algorithm == "em_rl" else None
         os.makedirs(workdir, exist_ok=True)
         self.checkpoints = ckpt.manager(workdir, c.keep_checkpoints)
+        self.last_saved: int | None = None
 
     def policy(self) -> Model:
         return Model(self.run.state.params, self.run.model.config, self.tokenizer)
@@ -72,8 +91,11 @@ class Trainer:
         t0 = time.perf_counter()
         r = sample_round(self.policy(), texts, self.spec, round_seed(self.c.seed, step, round_index), self.sampler)
         t1 = time.perf_counter()
-        self._reward_metrics = score_round(r, entries, texts, self.spec.group_size, self.rewards,
-                                           self.c.reward.timeout_s, self.em_rl)
+        metrics, failures = score_round(r, entries, texts, self.spec.group_size, self.rewards,
+                                        self.c.reward.timeout_s, self.em_rl)
+        self.failures.add(failures, len(r["texts"]))
+        counts = {k: v + self._reward_metrics.get(k, 0) for k, v in metrics.items() if "/n_" in k}
+        self._reward_metrics = {**metrics, **counts}  # counts over every round of the step; means of the last
         self._timing["sample_seconds"] += t1 - t0
         self._timing["reward_seconds"] += time.perf_counter() - t1
         return r
@@ -84,8 +106,12 @@ class Trainer:
         beta = self.c.gpg.beta_th if self.c.algorithm == "gpg" else 0.0
         max_rounds = self.c.gpg.max_rounds if beta > 0 else 1
         rounds: list[dict[str, Any]] = []
+        self._reward_metrics = {}
+        self.failures = guard.RewardFailures(self.c.reward.max_failure_fraction, f"step {step + 1}")
         while len(rounds) < max_rounds and agree_any(needs_more(rounds, G, groups, beta)):
             rounds.append(self.rollout(step, len(rounds)))
+        guard.stop_on_reward_failures(self.failures)
+        self._reward_metrics.update(self.failures.metrics())
         batch, info = assemble_batch(merge_prompt_width(rounds), G, groups)
         info["hit_round_limit"] = needs_more(rounds, G, groups, beta)
         return batch, info
@@ -149,29 +175,55 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------
     def restore(self) -> int:
-        step = ckpt.latest_step(self.checkpoints)
-        if step is None:
+        """The step of the newest intact checkpoint, restored (0 when there is none)."""
+        got = ckpt.restore_intact(self.checkpoints, self.workdir, ckpt.abstract_like(self.run.state),
+                                  guard.params_finite, move=is_primary())
+        if got is None:
             return 0
-        self.run.state, loop = ckpt.restore(self.checkpoints, step, ckpt.abstract_like(self.run.state))
+        step, self.run.state, loop = got
         self.prompts.restore(loop["data"])
+        self.last_saved = step
         return step
 
     def save(self, step: int) -> None:
         ckpt.save(self.checkpoints, step, self.run.state, {"data": self.prompts.state(), "step": step})
+        self.last_saved = step
 
     def eval(self, step: int, writer: MetricsWriter) -> dict[str, Any]:
         result = evaluate(self.policy(), self.eval_entries, self.formatter, self.rewards,
                           max_new_tokens=self.c.eval.max_new_tokens, timeout_s=self.c.reward.timeout_s,
                           sampler=self.eval_sampler)
-        writer.write({"kind": "eval", "step": step, **result})
+        failures = guard.RewardFailures(self.c.reward.max_failure_fraction, f"eval at step {step}")
+        failures.add(result.pop("reward_failures"), len(self.eval_entries))
+        guard.stop_on_reward_failures(failures)
+        writer.write({"kind": "eval", "step": step, **result, **failures.metrics()})
         return result
 
+    def open_records(self, start: int, changes: list) -> MetricsWriter | NullWriter:
+        """metrics.jsonl from `start` on, with the allowed config `changes` recorded; config.json rewritten."""
+        if not is_primary():  # metrics and the config are written once, by process 0
+            return NullWriter()
+        writer = MetricsWriter(self.workdir, resume_step=start)
+        for key, old, new in changes:
+            writer.write({"kind": "config_change", "step": start, "key": key, "old": json.dumps(old),
+                          "new": json.dumps(new)})
+        with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(self.c.to_json(indent=2))
+        return writer
+
     def train(self) -> dict[str, Any]:
-        start = self.restore()
-        if is_primary():  # metrics and the config are written once, by process 0
-            with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-                f.write(self.c.to_json(indent=2))
-        writer = MetricsWriter(self.workdir, resume_step=start) if is_primary() else NullWriter()
+        lock = WorkdirLock(self.workdir) if is_primary() else contextlib.nullcontext()
+        with lock, StopRequests() as stop:
+            changes = (resume.check_config(self.workdir, self.c.to_json(), self.c.resume.allow_config_changes)
+                       if self.checkpoints.all_steps() else [])
+            start = self.restore()
+            writer = self.open_records(start, changes)
+            try:
+                return self.loop(start, writer, stop)
+            finally:
+                writer.close()
+
+    def loop(self, start: int, writer: MetricsWriter | NullWriter, stop: StopRequests) -> dict[str, Any]:
         if start == 0:
             self.eval(0, writer)
         record: dict[str, Any] = {}
@@ -179,15 +231,21 @@ class Trainer:
                    dynamic_ncols=True, disable=not is_primary())
         for step in bar:
             record = self.step(step)
+            in_a_row, record["skipped_updates"] = skipped_updates(self.run.state.opt_state)
             writer.write(record)
+            guard.check_update(record, self.run.state.params, self.last_saved, skipped=in_a_row > 0)
             bar.set_postfix(reward=f"{record['reward_mean']:.3f}", loss=f"{record['loss']:.4f}",
                             H=f"{record['entropy_mean']:.3f}", valid=f"{record.get('valid_fraction', 1):.2f}")
             done = step + 1
             if done % self.c.eval_every == 0 or done == self.c.total_steps:
                 self.eval(done, writer)
-            if done % self.c.checkpoint_every == 0 or done == self.c.total_steps:
+            stopping = agree_any(stop.signum is not None) and done < self.c.total_steps
+            if done % self.c.checkpoint_every == 0 or done == self.c.total_steps or stopping:
                 self.save(done)
-        writer.close()
+            if stopping:
+                raise Interrupted(f"{stop.name or 'a signal'}: stopped after step {done} of "
+                                  f"{self.c.total_steps}, checkpoint saved in {self.workdir}; rerun the same "
+                                  "command to resume", stop.signum or 15)
         return record
 
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any
 
 import numpy as np
+
+from gpg_em.errors import UserError
+
+DISCARDED = "metrics.discarded.jsonl"
 
 
 def _plain(v):
@@ -21,7 +26,10 @@ class MetricsWriter:
     """Appends records to metrics.jsonl (flushed per record) and mirrors scalars to TensorBoard.
 
     On resume the file is truncated to records with step <= the restored step,
-    so a resumed run's file equals the uninterrupted run's.
+    so a resumed run's file equals the uninterrupted run's; the records cut
+    (steps that will be run again, or a whole earlier attempt that saved no
+    checkpoint) are appended to metrics.discarded.jsonl, never deleted. A torn
+    last line (a run killed mid-write) is dropped the same way.
     """
 
     def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
@@ -38,7 +46,16 @@ class MetricsWriter:
         if not os.path.exists(self.path):
             return
         with open(self.path, encoding="utf-8") as f:
-            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            lines = [line if line.endswith("\n") else line + "\n" for line in f if line.strip()]
+        keep, cut = [], []
+        for i, line in enumerate(lines):
+            record = _parse(line, self.path, i + 1, last=i == len(lines) - 1)
+            (keep if record is not None and record.get("step", 0) <= resume_step else cut).append(line)
+        if cut:
+            with open(os.path.join(os.path.dirname(self.path), DISCARDED), "a", encoding="utf-8") as f:
+                f.writelines(cut)
+            print(f"gpg-em: {len(cut)} records of {self.path} after step {resume_step}, where this run starts, "
+                  f"moved to {DISCARDED}", file=sys.stderr, flush=True)
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(keep)
 
@@ -58,9 +75,22 @@ class MetricsWriter:
             self._tb.close()
 
 
+def _parse(line: str, path: str, number: int, last: bool) -> dict[str, Any] | None:
+    """The record of one line; None for a torn last line; UserError for a broken line elsewhere."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        if last:
+            return None
+        raise UserError(f"{path}:{number}: not a JSON record; fix or remove that line") from None
+
+
 def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; a torn last line is skipped."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = [_parse(line, path, i + 1, last=i == len(lines) - 1) for i, line in enumerate(lines)]
+    return [r for r in records if r is not None]
 
 
 class NullWriter:

@@ -21,6 +21,7 @@ class OptimConfig:
     # training steps, so every step of one rollout uses the same learning rate (verl steps its
     # scheduler once per rollout) and `total_steps` / `warmup_steps` keep their meaning.
     updates_per_step: int = 1
+    skip_nonfinite_updates: int = 0  # consecutive updates with NaN/inf gradients skipped (0: none)
 
 
 def learning_rate_schedule(c: OptimConfig) -> optax.Schedule:
@@ -51,4 +52,15 @@ def make_optimizer(c: OptimConfig) -> tuple[optax.GradientTransformation, optax.
     schedule = per_update(learning_rate_schedule(c), c.updates_per_step)
     adamw = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
     tx = optax.chain(optax.clip_by_global_norm(c.max_grad_norm), adamw) if c.max_grad_norm > 0 else adamw
+    if c.skip_nonfinite_updates > 0:
+        # Leaves params and Adam moments as they were while gradients are NaN/inf, at most this many
+        # times in a row; the next one is applied, and the loop's finiteness check stops the run.
+        tx = optax.apply_if_finite(tx, c.skip_nonfinite_updates)
     return tx, schedule
+
+
+def skipped_updates(opt_state) -> tuple[int, int]:
+    """(consecutive, total) updates skipped for non-finite gradients; (0, 0) without skipping."""
+    if not isinstance(opt_state, optax.ApplyIfFiniteState):
+        return 0, 0
+    return int(opt_state.notfinite_count), int(opt_state.total_notfinite)

@@ -15,7 +15,7 @@ import numpy as np
 
 from gpg_em.losses import em_rl_reward
 from gpg_em.models import Model
-from gpg_em.rewards import compute_rewards
+from gpg_em.rewards import RewardFailure, score_rewards
 from gpg_em.rollout import generate
 from gpg_em.rollout.sampler import MIN_BUCKET
 
@@ -63,15 +63,16 @@ def sample_round(model: Model, prompt_texts: Sequence[str], spec: RolloutSpec, s
 
 
 def score_round(round_: dict[str, Any], entries: Sequence[dict], prompt_texts: Sequence[str], G: int,
-                reward_components, timeout_s: float, em_rl: dict | None = None) -> dict[str, float]:
-    """Adds `rewards` [B] (and `task_rewards`) to the round; returns reward metrics.
+                reward_components, timeout_s: float, em_rl: dict | None = None
+                ) -> tuple[dict[str, float], list[RewardFailure]]:
+    """Adds `rewards` [B] (and `task_rewards`) to the round; returns reward metrics and failures.
 
     Task rewards are always computed (for logging); with `em_rl` the training
     reward is the policy's own confidence instead (EM paper, Eqs. 3-4).
     """
     rows_entries = [e for e in entries for _ in range(G)]
     rows_prompts = [p for p in prompt_texts for _ in range(G)]
-    task, metrics = compute_rewards(reward_components, rows_prompts, round_["texts"], rows_entries, timeout_s)
+    task, metrics, failures = score_rewards(reward_components, rows_prompts, round_["texts"], rows_entries, timeout_s)
     round_["task_rewards"] = task
     if em_rl is None:
         round_["rewards"] = task
@@ -80,7 +81,7 @@ def score_round(round_: dict[str, Any], entries: Sequence[dict], prompt_texts: S
                          entropies=jnp.asarray(round_["sample_entropies"]), kind=em_rl["kind"],
                          reduction=em_rl["reduction"])
         round_["rewards"] = np.asarray(r, np.float32)
-    return metrics
+    return metrics, failures
 
 
 def merge_prompt_width(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
