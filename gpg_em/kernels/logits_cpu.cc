@@ -20,9 +20,8 @@
 // returns the feasible end. Here each evaluation at beta = 1 / tau also yields
 //   dH / d log tau = beta^2 Var_q(z),   q = softmax(beta z)
 // so a safeguarded Newton iteration on f(s) = H(exp(s)) - target brackets the root to the same
-// width (log(1 / tau_min) / 2^n_iters) in a handful of passes: each Newton probe lands tol / 2
-// past the predicted root on the side away from the point it starts from, and a probe that does
-// not halve the bracket is followed by a bisection. The feasible end is returned, as there.
+// width (log(1 / tau_min) / 2^n_iters) in a handful of passes (~7 against 20 on LLM-like rows;
+// `NextProbe`). The feasible end is returned, as there.
 //
 // Vectors are GCC vector extensions: 16 floats with AVX-512, else 8 (AVX2 with -march=native).
 #include <algorithm>
@@ -235,26 +234,39 @@ struct TauParams {
   int64_t n_iters;
 };
 
+// The next point to evaluate in the bracket [lo, hi] (f(lo) <= 0 < f(hi)), from the values and
+// slopes at its ends (f_lo NaN while lo is unevaluated): Newton's root from the end with the
+// smaller |f|, else the secant's; moved half a tolerance away from the nearer end so that the
+// bracket closes from both sides; a bisection when `bisect` or when the estimate is outside.
+float NextProbe(float lo, float hi, float f_lo, float d_lo, float f_hi, float d_hi, float tol, bool bisect) {
+  const bool from_lo = std::fabs(f_lo) < std::fabs(f_hi);  // false while f_lo is NaN
+  float r = from_lo ? lo - f_lo / d_lo : hi - f_hi / d_hi;
+  if (!(r > lo && r < hi) && !std::isnan(f_lo)) r = lo - f_lo * (hi - lo) / (f_hi - f_lo);
+  const float probe = r - lo < hi - r ? r + 0.5f * tol : r - 0.5f * tol;
+  return bisect || !(probe > lo && probe < hi) ? 0.5f * (lo + hi) : probe;
+}
+
 // The largest tau in [tau_min, 1] with H(z / tau) <= max(alpha H(z), delta), to the reference's
-// bracket width (file comment); tau_min when even that is infeasible.
+// bracket width (file comment); tau_min when even that is infeasible. Three probes in a row that
+// do not halve the bracket are followed by a bisection, so it closes within ~4 n_iters passes.
 float AdaptiveTau(const float* z, int64_t V, const TauParams& c) {
   const float top = RowMax(z, V);
-  Tempered cur = Evaluate(z, V, top, 1.f);
-  const float target = std::max(c.alpha * cur.h, c.delta);
-  if (cur.h <= target) return 1.f;
-  float lo = std::log(c.tau_min), hi = 0.f, s = 0.f, f = cur.h - target;
+  const Tempered at_one = Evaluate(z, V, top, 1.f);
+  const float target = std::max(c.alpha * at_one.h, c.delta);
+  if (at_one.h <= target) return 1.f;
+  float lo = std::log(c.tau_min), hi = 0.f, f_lo = NAN, d_lo = NAN, f_hi = at_one.h - target, d_hi = at_one.slope;
   const float tol = (hi - lo) / float(int64_t(1) << std::min<int64_t>(c.n_iters, 40));
-  bool bisect = false;
+  int slow = 0;
   for (int64_t it = 0; it < 4 * c.n_iters + 8 && hi - lo > tol; ++it) {
-    const float root = s - f / cur.slope;  // Newton's estimate
-    float probe = f > 0.f ? root - 0.5f * tol : root + 0.5f * tol;
-    if (bisect || !(cur.slope > 0.f) || !(probe > lo && probe < hi)) probe = 0.5f * (lo + hi);
+    const float probe = NextProbe(lo, hi, f_lo, d_lo, f_hi, d_hi, tol, slow >= 3);
     const float width = hi - lo;
-    cur = Evaluate(z, V, top, std::exp(-probe));
-    f = cur.h - target;
-    (f <= 0.f ? lo : hi) = probe;
-    s = probe;
-    bisect = hi - lo > 0.5f * width;
+    const Tempered at = Evaluate(z, V, top, std::exp(-probe));
+    if (at.h - target <= 0.f) {
+      lo = probe, f_lo = at.h - target, d_lo = at.slope;
+    } else {
+      hi = probe, f_hi = at.h - target, d_hi = at.slope;
+    }
+    slow = hi - lo > 0.5f * width ? slow + 1 : 0;
   }
   return std::exp(lo);
 }
