@@ -1,40 +1,20 @@
 """The native CPU EM-INF / adaptive-temperature kernel (gpg_em/kernels/logits_cpu.cc) against a float64
-numpy EM-INF written from the definitions, the straightforward XLA formulations (`em_inf_logits`,
-`adaptive_tau`), and in the sampler: the same tokens with the kernel and without it."""
+numpy EM-INF written from the definitions (test_em_inf.em_inf_f64), the straightforward XLA formulations
+(`em_inf_logits`, `adaptive_tau`), and in the sampler: the same tokens with the kernel, with the fused XLA
+formulations and with the straightforward ones."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gpg_em.kernels import logits_kernel_available
-from gpg_em.rollout import AdaptiveTemperatureConfig, EMInfConfig, adaptive_tau, em_inf_logits, generate, logits_cpu
-from test_em_inf import entropy_np, logits_batch
+from gpg_em.rollout import (AdaptiveTemperatureConfig, EMInfConfig, adaptive_tau, em_inf_logits, generate, logits_cpu,
+                            sampler)
+from test_em_inf import em_inf_f64, entropy_np, logits_batch
 from test_sampler import PROMPT_IDS, tiny
 
 pytestmark = pytest.mark.skipif(not logits_kernel_available(),
                                 reason="the CPU logits kernel needs a C++ compiler and an x86-64 CPU")
-
-
-def em_inf_f64(z, cfg: EMInfConfig):
-    """EM-INF in float64 numpy: softmax, entropy, the gradient of H + kl KL(p || q) and Adam, per row, a row
-    frozen once its entropy is below delta (checked before each step)."""
-    def softmax(x):
-        e = np.exp(x - x.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-    z = np.asarray(z, np.float64)
-    p, x = softmax(z), z.copy()
-    m, v, active = np.zeros_like(z), np.zeros_like(z), np.ones(len(z), bool)
-    for t in range(1, cfg.n_steps + 1):
-        q = softmax(x)
-        logq = np.log(q)
-        h = -(q * logq).sum(-1)
-        active &= h >= cfg.delta
-        g = -q * (logq + h[:, None]) + cfg.kl_weight * (q - p)
-        m_t, v_t = cfg.b1 * m + (1 - cfg.b1) * g, cfg.b2 * v + (1 - cfg.b2) * g * g
-        x_t = x - cfg.lr * (m_t / (1 - cfg.b1 ** t)) / (np.sqrt(v_t / (1 - cfg.b2 ** t)) + cfg.eps)
-        a = active[:, None]
-        x, m, v = np.where(a, x_t, x), np.where(a, m_t, m), np.where(a, v_t, v)
-    return x
 
 
 @pytest.mark.parametrize("cfg", [EMInfConfig(), EMInfConfig(n_steps=1, delta=0.0),
@@ -101,7 +81,8 @@ def test_adaptive_temperature_kernel_hand_computed():
 
 @pytest.mark.parametrize("method", ["em_inf", "adaptive_temperature"])
 def test_sampler_same_tokens_with_and_without_the_kernel(monkeypatch, method):
-    """`generate` draws the same tokens for fixed seeds whether the native kernel or XLA runs the method."""
+    """`generate` draws the same tokens for fixed seeds with the native kernel, with the fused XLA formulation
+    and with the straightforward one (what the sampler ran before either existed)."""
     kw = {"em_inf": EMInfConfig()} if method == "em_inf" else {"adaptive_temperature": AdaptiveTemperatureConfig()}
     model = tiny(30.0)
 
@@ -109,11 +90,16 @@ def test_sampler_same_tokens_with_and_without_the_kernel(monkeypatch, method):
         jax.clear_caches()  # the choice is made when the sampler is traced
         return generate(model, PROMPT_IDS, max_new_tokens=12, num_samples=3, seed=11, **kw)
     assert logits_cpu.use_logits_kernel()
-    fast = run()
+    native = run()
     monkeypatch.setenv("GPG_EM_CPU_LOGITS_KERNEL", "0")
     assert not logits_cpu.use_logits_kernel()
-    slow = run()
-    np.testing.assert_array_equal(fast.tokens, slow.tokens)
-    np.testing.assert_array_equal(fast.mask, slow.mask)
-    np.testing.assert_allclose(fast.logprobs, slow.logprobs, atol=1e-4)
-    np.testing.assert_allclose(fast.entropies, slow.entropies, atol=1e-4)
+    fused = run()
+    monkeypatch.setattr(sampler, "em_inf_logits_fused", em_inf_logits)
+    monkeypatch.setattr(sampler, "adaptive_tau_newton", adaptive_tau)
+    straightforward = run()
+    jax.clear_caches()
+    for other in (fused, straightforward):
+        np.testing.assert_array_equal(native.tokens, other.tokens)
+        np.testing.assert_array_equal(native.mask, other.mask)
+        np.testing.assert_allclose(native.logprobs, other.logprobs, atol=1e-4)
+        np.testing.assert_allclose(native.entropies, other.entropies, atol=1e-4)
