@@ -103,3 +103,23 @@ def test_sampler_same_tokens_with_and_without_the_kernel(monkeypatch, method):
         np.testing.assert_array_equal(native.mask, other.mask)
         np.testing.assert_allclose(native.logprobs, other.logprobs, atol=1e-4)
         np.testing.assert_allclose(native.entropies, other.entropies, atol=1e-4)
+
+
+def test_logits_kernel_unavailable_without_a_compiler(monkeypatch, tmp_path):
+    """No compiler: a warning that says so, and the sampler keeps the XLA formulations; afterwards the
+    kernel loads (and registers) again."""
+    from gpg_em.kernels import build
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setenv("GPG_EM_KERNEL_CACHE", str(tmp_path))  # nothing built there yet
+    build.logits_kernel_available.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="CPU logits kernel unavailable .*nonexistent.*run as XLA"):
+            assert build.logits_kernel_available() is False
+        assert not logits_cpu.use_logits_kernel()
+    finally:
+        build.logits_kernel_available.cache_clear()
+    monkeypatch.undo()
+    assert build.logits_kernel_available()
+    z = logits_batch(1, rows=3, vocab=40)
+    np.testing.assert_allclose(logits_cpu.em_inf_logits_cpu(z, EMInfConfig()), em_inf_logits(z, EMInfConfig()),
+                               atol=1e-4)
