@@ -6,8 +6,8 @@ import optax
 import pytest
 
 from gpg_em.models import completion_logprobs
-from gpg_em.rollout import (AdaptiveTemperatureConfig, EMInfConfig, adaptive_tau, em_inf_logits, entropy_of_logits,
-                            generate)
+from gpg_em.rollout import (AdaptiveTemperatureConfig, EMInfConfig, adaptive_tau, adaptive_tau_newton, em_inf_logits,
+                            em_inf_logits_fused, entropy_of_logits, generate)
 from test_sampler import PROMPT_IDS, tiny
 
 
@@ -25,6 +25,38 @@ def entropy_np(z):
 
 
 # ---------------------------------------------------------------- EM-INF
+
+def em_inf_f64(z, cfg: EMInfConfig):
+    """EM-INF in float64 numpy: softmax, entropy, the gradient of H + kl KL(p || q) and Adam, per row, a row
+    frozen once its entropy is below delta (checked before each step)."""
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    z = np.asarray(z, np.float64)
+    p, x = softmax(z), z.copy()
+    m, v, active = np.zeros_like(z), np.zeros_like(z), np.ones(len(z), bool)
+    for t in range(1, cfg.n_steps + 1):
+        q = softmax(x)
+        logq = np.log(q)
+        h = -(q * logq).sum(-1)
+        active &= h >= cfg.delta
+        g = -q * (logq + h[:, None]) + cfg.kl_weight * (q - p)
+        m_t, v_t = cfg.b1 * m + (1 - cfg.b1) * g, cfg.b2 * v + (1 - cfg.b2) * g * g
+        x_t = x - cfg.lr * (m_t / (1 - cfg.b1 ** t)) / (np.sqrt(v_t / (1 - cfg.b2 ** t)) + cfg.eps)
+        a = active[:, None]
+        x, m, v = np.where(a, x_t, x), np.where(a, m_t, m), np.where(a, v_t, v)
+    return x
+
+
+
+def test_em_inf_f64_hand_computed():
+    """One step on [0, ln 2]: q = p = [1/3, 2/3], H = ln 3 - (2/3) ln 2, dH/dx_j = -q_j (log q_j + H),
+    so g = [1, -1] * (2/9) ln 2 (the KL term is 0 at x = z); Adam's first step is lr * sign(g)."""
+    z = np.array([[0.0, np.log(2.0)]])
+    g = np.array([1.0, -1.0]) * (2 / 9) * np.log(2.0)
+    np.testing.assert_allclose(em_inf_f64(z, EMInfConfig(n_steps=1, delta=0.0)),
+                               z - 0.1 * g / (np.abs(g) + 1e-8), rtol=1e-12)
+
 
 def test_em_inf_lowers_entropy_keeps_top_token():
     z = logits_batch()
@@ -61,6 +93,25 @@ def test_em_inf_equals_optax_adam_on_autodiff_loss(n_steps):
         updates, state = opt.update(jax.grad(loss)(x), state)
         x = optax.apply_updates(x, updates)
     np.testing.assert_allclose(em_inf_logits(z, cfg), x, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [EMInfConfig(), EMInfConfig(n_steps=1, delta=0.0),
+                                 EMInfConfig(lr=0.05, n_steps=12, kl_weight=0.05, delta=1.0)])
+@pytest.mark.parametrize("vocab", [500, 37])
+def test_em_inf_fused_equals_float64_definition_and_straightforward(cfg, vocab):
+    z = logits_batch(7, rows=16, vocab=vocab)
+    fused = np.asarray(jax.jit(lambda z: em_inf_logits_fused(z, cfg))(z))
+    np.testing.assert_allclose(fused, em_inf_f64(z, cfg), atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(fused, em_inf_logits(z, cfg), atol=2e-4, rtol=1e-5)
+    below = entropy_np(z) < cfg.delta
+    np.testing.assert_array_equal(fused[below], np.asarray(z)[below])
+
+
+def test_em_inf_fused_falls_back_beyond_exp_range():
+    """lr * n_steps large enough to move logits 30 from the row maximum: the straightforward formulation runs."""
+    z = logits_batch(5, rows=4, vocab=50)
+    cfg = EMInfConfig(lr=1.0, n_steps=40, delta=0.0)
+    np.testing.assert_array_equal(em_inf_logits_fused(z, cfg), em_inf_logits(z, cfg))
 
 
 def test_em_inf_stops_each_row_below_delta():
@@ -113,6 +164,17 @@ def test_adaptive_tau_meets_target_and_is_maximal(alpha, delta):
     assert np.all(h0[at_top] <= target[at_top] + 1e-6)  # tau = 1 only where no sharpening is needed
     assert np.all(entropy_np(np.asarray(z)[~at_top] / (1.01 * tau[~at_top, None])) > target[~at_top])
     assert np.all(tau > cfg.tau_min) and at_top.sum() < len(tau) - 5
+
+
+@pytest.mark.parametrize("alpha,delta", [(0.5, 0.3), (0.4, 0.1), (0.6, 1.0)])
+def test_adaptive_tau_newton_equals_bisection(alpha, delta):
+    """The Newton-bracketed tau equals the bisection's to its precision (relative 1e3^(2^-20) ~ 7e-6)."""
+    z = logits_batch(4)
+    cfg = AdaptiveTemperatureConfig(alpha=alpha, delta=delta)
+    np.testing.assert_allclose(adaptive_tau_newton(z, cfg), adaptive_tau(z, cfg), rtol=2e-5)
+    hand = jnp.asarray([[0.0, 0.0, -30.0], [1.0, 1.0, 1.0], [10.0, 0.0, 0.0]], jnp.float32)
+    want = [1e-3, 1e-3, 1.0] if delta < np.log(2) else [1.0, 1e-3, 1.0]  # H: ln 2, ln 3, ~0.001 (see below)
+    np.testing.assert_allclose(adaptive_tau_newton(hand, cfg), want, rtol=1e-6)
 
 
 def test_adaptive_tau_hand_computed():

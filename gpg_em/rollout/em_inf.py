@@ -79,3 +79,54 @@ def em_inf_logits(z_BxV: jnp.ndarray, cfg: EMInfConfig) -> jnp.ndarray:
 
     init = (jnp.int32(0), z, zeros, zeros, jnp.ones(z.shape[:1], bool))
     return jax.lax.while_loop(cond, body, init)[1]
+
+
+# An Adam step moves a logit by at most lr (1 - b1) / sqrt(1 - b2) (~3.2 lr at the defaults); the fused
+# formulation keeps exp's reference at max(z) while the logits can drift at most this far from it.
+_MAX_DRIFT = 30.0
+
+
+def em_inf_logits_fused(z_BxV: jnp.ndarray, cfg: EMInfConfig) -> jnp.ndarray:
+    """`em_inf_logits(z, cfg)` with one fused pass over the rows per Adam step (float32 [B, V]).
+
+    With ref = max(z) per row, u = exp(x - ref), S = sum u, T = sum u (x - ref):
+        q = u / S,   H = log S - T / S,   log q_j + H = x_j - E_q[x],   E_q[x] = ref + T / S,
+    so a step reads x, m, v, u and writes them with the new x's u, S and T, instead of
+    re-deriving log-softmax, softmax and the entropy from x (the entropy factor is written as
+    x_j - E_q[x], which avoids cancelling log q_j against H). The while_loop exits once no row is
+    active. When lr * n_steps could move the logits more than 30 from ref (exp's range), the
+    straightforward formulation runs instead.
+    """
+    z = z_BxV.astype(jnp.float32)
+    bound = cfg.lr * cfg.n_steps * max(1.0, (1 - cfg.b1) / (1 - cfg.b2) ** 0.5)
+    if cfg.n_steps == 0 or bound > _MAX_DRIFT:
+        return em_inf_logits(z, cfg)
+    ref = jnp.max(z, axis=-1, keepdims=True)
+
+    def exp_sums(x):
+        d = x - ref
+        u = jnp.exp(d)
+        return u, jnp.sum(u, axis=-1), jnp.sum(u * d, axis=-1)
+
+    u0, s0, t0 = exp_sums(z)
+    p = u0 / s0[:, None]
+
+    def cond(carry):
+        return (carry[0] < cfg.n_steps) & jnp.any(carry[-1])
+
+    def body(carry):
+        i, x, m, v, u, s, t, active = carry
+        active = active & (jnp.log(s) - t / s >= cfg.delta)
+        q = u / s[:, None]
+        grad = q * ((ref[:, 0] + t / s)[:, None] - x) + cfg.kl_weight * (q - p)
+        k = (i + 1).astype(jnp.float32)
+        m_new = cfg.b1 * m + (1 - cfg.b1) * grad
+        v_new = cfg.b2 * v + (1 - cfg.b2) * grad * grad
+        x_new = x - cfg.lr * (m_new / (1 - cfg.b1 ** k)) / (jnp.sqrt(v_new / (1 - cfg.b2 ** k)) + cfg.eps)
+        a = active[:, None]
+        x, m, v = jnp.where(a, x_new, x), jnp.where(a, m_new, m), jnp.where(a, v_new, v)
+        return (i + 1, x, m, v, *exp_sums(x), active)
+
+    zeros = jnp.zeros_like(z)
+    init = (jnp.int32(0), z, zeros, zeros, u0, s0, t0, jnp.ones(z.shape[:1], bool))
+    return jax.lax.while_loop(cond, body, init)[1]

@@ -35,10 +35,10 @@ import numpy as np
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.decoder import Decoder, init_cache
 from gpg_em.models.model import positions_from_mask
-from gpg_em.rollout import decode_cpu
-from gpg_em.rollout.adaptive_temperature import adaptive_temperature_logits
+from gpg_em.rollout import decode_cpu, logits_cpu
+from gpg_em.rollout.adaptive_temperature import adaptive_tau_newton
 from gpg_em.rollout.decode_step import KVCache, from_prefill_cache, jit_decode_weights, step_hidden, step_logits
-from gpg_em.rollout.em_inf import em_inf_logits
+from gpg_em.rollout.em_inf import em_inf_logits_fused
 from gpg_em.rollout.sampling import SamplingConfig, choose_tokens
 from gpg_em.rollout.state import DecodeState, SampleOutput
 
@@ -84,12 +84,20 @@ def head_logits(params, cfg: ModelConfig, hidden_BxD: jnp.ndarray) -> jnp.ndarra
 
 
 def modify_logits(z_BxV: jnp.ndarray, sampling: SamplingConfig) -> jnp.ndarray:
-    """EM-INF or adaptive temperature on the raw float32 logits (identity when neither is set)."""
+    """EM-INF or adaptive temperature on the raw float32 logits (identity when neither is set): on a
+    single CPU device by the native per-row kernel (`logits_cpu.use_logits_kernel`), else by the fused
+    XLA formulations (`em_inf_logits_fused`, `adaptive_tau_newton`). All equal the straightforward
+    `em_inf_logits` / `adaptive_temperature_logits` to float tolerance (tests)."""
+    if sampling.em_inf is None and sampling.adaptive_temperature is None:
+        return z_BxV
+    if logits_cpu.use_logits_kernel():
+        if sampling.em_inf is not None:
+            return logits_cpu.em_inf_logits_cpu(z_BxV, sampling.em_inf)
+        return logits_cpu.adaptive_temperature_cpu(z_BxV, sampling.adaptive_temperature)[0]
     if sampling.em_inf is not None:
-        return em_inf_logits(z_BxV, sampling.em_inf)
-    if sampling.adaptive_temperature is not None:
-        return adaptive_temperature_logits(z_BxV, sampling.adaptive_temperature)
-    return z_BxV
+        return em_inf_logits_fused(z_BxV, sampling.em_inf)
+    z = z_BxV.astype(jnp.float32)
+    return z / adaptive_tau_newton(z, sampling.adaptive_temperature)[:, None]
 
 
 def _is_stop(token_B, sampling: SamplingConfig):
