@@ -35,7 +35,8 @@ def paper_base(model_dir: str, train_file: str, eval_file: str = "datas/math500/
     return c
 
 
-def rewards(fn, weights=None, options=None):
-    """A `reward` block with several weighted reward functions (configs/base.py types fn as one name)."""
-    return ml_collections.ConfigDict(dict(fn=list(fn), weights=list(weights) if weights else None,
-                                          options=dict(options or {}), timeout_s=30.0))
+def rewards(block, fn, weights=None, options=None):
+    """`block` (the base `reward` block: every other key kept) with several weighted reward functions
+    (configs/base.py types fn as one name, so the block is rebuilt rather than assigned into)."""
+    return ml_collections.ConfigDict(dict(block.to_dict(), fn=list(fn), weights=list(weights) if weights else None,
+                                          options=dict(options or {})))

@@ -43,7 +43,7 @@ def get_config():
     c.rollout.temperature = 0.7
     c.gpg.std_normalize = True
     c.gpg.age = False
-    c.reward = rewards(["math", "format"], [2.0, 1.0], {"format": {"regex": THINK_ANSWER}})
+    c.reward = rewards(c.reward, ["math", "format"], [2.0, 1.0], {"format": {"regex": THINK_ANSWER}})
     c.optim.learning_rate = 1e-6
     c.optim.schedule = "cosine"
     c.total_steps = 100

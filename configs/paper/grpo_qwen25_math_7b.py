@@ -38,7 +38,7 @@ def get_config():
     c.ppo.clip_eps = 0.2
     c.ppo.kl_coef = 0.04
     c.ppo.aggregation = "seq_mean"
-    c.reward = rewards(["math", "format"], [1.0, 1.0], {"format": {"regex": THINK}})
+    c.reward = rewards(c.reward, ["math", "format"], [1.0, 1.0], {"format": {"regex": THINK}})
     c.optim.learning_rate = 3e-6
     c.optim.schedule = "cosine"
     c.total_steps = 1000  # one epoch of your data at 64 prompts a step: set it
