@@ -6,6 +6,8 @@ For tiny random models (tests, `configs/tiny.py`): ids 0-255 are the bytes
 """
 from __future__ import annotations
 
+from gpg_em.models.gguf_tokenizer import byte_alphabet
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -36,10 +38,7 @@ def byte_tokenizer():
 
 def _byte_of(ch: str) -> int:
     """Inverse of GPT-2's bytes_to_unicode for one character."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    code = ord(ch)
-    if code in printable:
-        return code
-    others = [b for b in range(256) if b not in printable]
-    return others[code - 256]
+    return _BYTE_OF[ch]
+
+
+_BYTE_OF = {ch: b for b, ch in byte_alphabet().items()}
