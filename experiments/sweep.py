@@ -203,14 +203,15 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(workdir: str, config) -> list[str]:
-    """Keys whose value in workdir/config.json differs from `config` (empty: same, or no file yet)."""
+    """Keys of workdir/config.json whose value differs from `config` (empty: same, or no file yet)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return []
     with open(path, encoding="utf-8") as f:
         old = _flat(json.load(f))
     new = _flat(json.loads(config.to_json()))
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    # keys the saved file lacks were added to the config since: the Trainer's resume check judges those
+    return sorted(k for k in old if old.get(k) != new.get(k))
 
 
 # ---------------------------------------------------------------- execution

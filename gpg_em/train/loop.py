@@ -148,7 +148,7 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, Any]:
         self._timing = dict(sample_seconds=0.0, reward_seconds=0.0, logprob_seconds=0.0)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         batch, info = self.collect(step)
         release_packed_weights()  # the sampler's packed weight copy, kept while rounds reuse the params
         host_memory.trim()
@@ -169,6 +169,7 @@ class Trainer:
                   "completion_tokens": int(batch["completion_mask"].sum()),
                   "trained_tokens": int(batch["completion_mask"].sum() + batch["prompt_mask"].sum()),
                   "rollout_seconds": t1 - t0, "update_seconds": t2 - t1 - self._timing["logprob_seconds"],
+                  "cpu_seconds": time.process_time() - cpu0,  # all of this process's threads: robust to sharing
                   **self._timing, **self._reward_metrics,
                   **self.prompts.metrics()}
         return record

@@ -1,0 +1,253 @@
+"""The study at the budget that learns: 20 steps x 4 prompts x 8 samples, 3 seeds, 256 test problems.
+
+    python experiments/study20.py run            # every pending job, in order; rerun to resume
+    python experiments/study20.py run --stage select --stage seeds
+    python experiments/study20.py status         # each job: done / partial / pending / blocked
+    python experiments/study20.py report         # tables + plots -> experiments/results/study20/
+
+Protocol (SmolLM2-135M-Instruct, float32, AdamW b2 0.99, clip 1.0, micro-batches of 8):
+
+* Training: 20 steps of 4 prompts x 8 samples, 96 new tokens, from reasoning-gym
+  `chain_sum` (2-3 terms of 1-2 digits, train seed 0). The train prompts of a seed are
+  the same for every method (the prompt order is drawn from `--config.seed`; beta_th
+  resampling draws extra prompts, so its later steps see others).
+* Splits: validation = 64 problems of seed 777 (the in-training greedy eval at steps 0
+  and 20); test = 256 problems of seed 12345 (the first 64 are the quickstart's).
+* Learning rate, one per method: seed 0 is trained at each of `LEARNING_RATES`; the
+  rate with the higher validation greedy pass@1 at step 20 wins (ties: the smaller
+  rate). Seeds 1 and 2 run at the winner only. The test split is read only by the
+  winner's runs, after training.
+* Test: greedy pass@1 and avg@8 at T=1 (`gpg-em eval --mode greedy,avg -k 8`) on the
+  256 test problems, written to `<run>/test_eval.json`; the run's checkpoints are then
+  deleted (1.6 GB each; metrics, config and per-problem answers stay).
+* Base model: greedy, avg@8 and maj@4 (self-consistency), EM-INF and adaptive
+  temperature on the same 256 problems (`decoding` stage).
+* Second task: reasoning-gym `products` (2 factors of 1-2 digits; base greedy pass@1
+  0.41 on 32 problems) for GRPO, GPG +AGE +beta_th, EM-FT and EM-RL-token at the
+  learning rates chosen on chain_sum, 3 seeds (`task2` stage).
+
+Every job is a file that exists when it is done, so an interrupted `run` resumes
+where it stopped (a half-trained run resumes from its newest checkpoint, every 5 steps).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import sweep  # noqa: E402  (experiments/sweep.py)
+
+ROOT = "runs/study20"
+LEARNING_RATES = (1e-5, 3e-5)
+SEEDS = (0, 1, 2)
+VALIDATION = dict(seed=777, size=64)
+TEST = dict(seed=12345, num_prompts=256, k=8, max_new_tokens=96)
+CHAIN_SUM = dict(task="chain_sum", options={"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2})
+PRODUCTS = dict(task="products", options={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2})
+
+# name -> (config file, overrides): the GPG paper's ablation, the EM paper's rows, RLOO
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "grpo": ("configs/grpo.py", {}),
+    "dr_grpo": ("configs/dr_grpo.py", {}),
+    "rloo": ("configs/rloo.py", {}),
+    "gpg_alpha1": ("configs/gpg.py", {"gpg.age": False, "gpg.beta_th": 0.0}),
+    "gpg_age": ("configs/gpg.py", {"gpg.age": True, "gpg.beta_th": 0.0}),
+    "gpg_age_beta": ("configs/gpg.py", {"gpg.age": True, "gpg.beta_th": 0.5, "gpg.max_rounds": 4}),
+    "em_ft": ("configs/em_ft.py", {}),
+    "em_rl_token": ("configs/em_rl.py", {"em.rl_kind": "token"}),
+    "em_rl_sequence": ("configs/em_rl.py", {"em.rl_kind": "trajectory"}),
+}
+TASK2_METHODS = ("grpo", "gpg_age_beta", "em_ft", "em_rl_token")
+
+FIXED = {"total_steps": 20, "eval_every": 20, "checkpoint_every": 5, "keep_checkpoints": 1,
+         "rollout.prompts_per_step": 4, "rollout.group_size": 8, "rollout.max_new_tokens": 96,
+         "eval.num_prompts": VALIDATION["size"], "eval.max_new_tokens": 96,
+         "train.micro_batch_size": 8, "optim.b2": 0.99}
+
+
+def task_overrides(task: dict[str, Any]) -> dict[str, Any]:
+    """data.source / data.eval_source set to `task`, the eval source being the validation split."""
+    out: dict[str, Any] = {}
+    for split in ("source", "eval_source"):
+        out[f"data.{split}.task"] = task["task"]
+        out.update({f"data.{split}.options.{k}": v for k, v in task["options"].items()})
+    out["data.eval_source.seed"] = VALIDATION["seed"]
+    out["data.eval_source.size"] = VALIDATION["size"]
+    return out
+
+
+def run_spec(method: str, lr: float, seed: int, task: dict[str, Any] = CHAIN_SUM) -> sweep.RunSpec:
+    """The training run of `method` at learning rate `lr` and `seed` on `task`."""
+    config, axes = METHODS[method]
+    grid = {"root": os.path.join(ROOT, task["task"]), "configs": [config],
+            "overrides": [{**axes, "optim.learning_rate": lr}], "seeds": [seed],
+            "fixed": {**FIXED, **task_overrides(task)}}
+    (run,) = sweep.expand(grid, base_dir=os.path.dirname(HERE))
+    return dataclasses.replace(run, name=f"{method}__lr={lr:g}__seed{seed}",
+                               workdir=os.path.join(ROOT, task["task"], f"{method}__lr={lr:g}__seed{seed}"))
+
+
+# ---------------------------------------------------------------- state of the study
+
+def metrics(run: sweep.RunSpec) -> list[dict[str, Any]]:
+    return sweep.read_records(os.path.join(run.workdir, "metrics.jsonl"))
+
+
+def trained(run: sweep.RunSpec) -> bool:
+    return sweep.run_status(run.workdir, FIXED["total_steps"]) == "done"
+
+
+def validation_score(run: sweep.RunSpec) -> float | None:
+    """Validation greedy pass@1 at the last step, None before the run ends."""
+    evals = [r for r in metrics(run) if r.get("kind") == "eval" and r.get("step") == FIXED["total_steps"]]
+    return float(evals[-1]["pass@1"]) if evals and trained(run) else None
+
+
+def chosen_lr(method: str) -> float | None:
+    """The learning rate of `method` with the best seed-0 validation pass@1 (ties: smaller); None until known."""
+    scores = [validation_score(run_spec(method, lr, 0)) for lr in LEARNING_RATES]
+    if any(s is None for s in scores):
+        return None
+    best = max(scores)
+    return min(lr for lr, s in zip(LEARNING_RATES, scores) if s == best)
+
+
+def test_path(run: sweep.RunSpec) -> str:
+    return os.path.join(run.workdir, "test_eval.json")
+
+
+# ---------------------------------------------------------------- jobs
+
+@dataclasses.dataclass
+class Job:
+    name: str
+    stage: str
+    done: bool
+    blocked: bool
+    action: Any  # callable() -> None
+
+
+def train_job(stage: str, run: sweep.RunSpec) -> Job:
+    return Job(f"train {run.name}", stage, trained(run), False,
+               lambda: _check(sweep.execute([run], stop_on_error=False), run))
+
+
+def _check(outcome: dict[str, str], run: sweep.RunSpec) -> None:
+    if outcome.get(run.name) == "failed":
+        raise RuntimeError(f"training {run.workdir} failed (see the traceback above)")
+
+
+def test_job(stage: str, run: sweep.RunSpec, task: dict[str, Any]) -> Job:
+    return Job(f"test  {run.name}", stage, os.path.exists(test_path(run)), not trained(run),
+               lambda: evaluate_run(run, task))
+
+
+def eval_command(model: str, task: dict[str, Any], modes: str, out: str, k: int) -> list[str]:
+    return ["gpg-em", "eval", "--model", model, "--task", task["task"], "--task-options",
+            json.dumps(task["options"]), "--seed", str(TEST["seed"]), "--num-prompts", str(TEST["num_prompts"]),
+            "--max-new-tokens", str(TEST["max_new_tokens"]), "--mode", modes, "-k", str(k), "--out", out]
+
+
+def evaluate_run(run: sweep.RunSpec, task: dict[str, Any]) -> None:
+    """Test greedy + avg@8 of the run's final checkpoint, then its checkpoints are deleted."""
+    tmp = test_path(run) + ".partial"
+    subprocess.run(eval_command(run.workdir, task, "greedy,avg", tmp, TEST["k"]), check=True)
+    os.replace(tmp, test_path(run))
+    shutil.rmtree(os.path.join(run.workdir, "checkpoints"), ignore_errors=True)
+
+
+def decoding_job(task: dict[str, Any]) -> Job:
+    out = os.path.join(ROOT, task["task"], "base_decoding.json")
+
+    def action():
+        subprocess.run(eval_command("smollm2-135m-instruct", task, "avg,maj,em_inf,adaptive",
+                                    out + ".partial", 4), check=True)
+        os.replace(out + ".partial", out)
+    return Job(f"decode base {task['task']}", "decoding", os.path.exists(out), False, action)
+
+
+def base_sampling_job(task: dict[str, Any]) -> Job:
+    """The base model's avg@8 on the test split: the reference row of the paired differences."""
+    out = os.path.join(ROOT, task["task"], "base_test_eval.json")
+
+    def action():
+        subprocess.run(eval_command("smollm2-135m-instruct", task, "greedy,avg", out + ".partial", TEST["k"]),
+                       check=True)
+        os.replace(out + ".partial", out)
+    return Job(f"test  base {task['task']}", "base", os.path.exists(out), False, action)
+
+
+def jobs() -> list[Job]:
+    """Every job of the study in run order (seed 0 at each rate, the winners' tests, other seeds, task 2)."""
+    out = []
+    for method in METHODS:
+        out += [train_job("select", run_spec(method, lr, 0)) for lr in LEARNING_RATES]
+        lr = chosen_lr(method)
+        out.append(test_job("select", run_spec(method, lr or LEARNING_RATES[0], 0), CHAIN_SUM)
+                   if lr is not None else Job(f"test  {method} seed0", "select", False, True, None))
+    out.append(base_sampling_job(CHAIN_SUM))
+    for seed in SEEDS[1:]:
+        for method in METHODS:
+            lr = chosen_lr(method)
+            if lr is None:
+                out.append(Job(f"train {method} seed{seed}", "seeds", False, True, None))
+                continue
+            run = run_spec(method, lr, seed)
+            out += [train_job("seeds", run), test_job("seeds", run, CHAIN_SUM)]
+    out += [decoding_job(CHAIN_SUM), base_sampling_job(PRODUCTS)]
+    for seed in SEEDS:
+        for method in TASK2_METHODS:
+            lr = chosen_lr(method)
+            if lr is None:
+                out.append(Job(f"train {method} products seed{seed}", "task2", False, True, None))
+                continue
+            run = run_spec(method, lr, seed, PRODUCTS)
+            out += [train_job("task2", run), test_job("task2", run, PRODUCTS)]
+    return out
+
+
+def run_pending(stages: list[str] | None) -> int:
+    """Runs pending jobs until none is runnable; recomputes the list after each (choices unlock jobs)."""
+    failed: set[str] = set()
+    while True:
+        todo = [j for j in jobs() if not j.done and not j.blocked and j.name not in failed
+                and (not stages or j.stage in stages)]
+        if not todo:
+            break
+        job = todo[0]
+        print(f"study20: {job.name}", flush=True)
+        try:
+            job.action()
+        except Exception as e:  # noqa: BLE001 - one failed job must not stop the study
+            print(f"study20: {job.name} FAILED: {e}", flush=True)
+            failed.add(job.name)
+    print(f"study20: {len(failed)} failed" if failed else "study20: nothing left to run")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("run", "status", "report"))
+    p.add_argument("--stage", action="append", choices=("base", "select", "seeds", "decoding", "task2"))
+    p.add_argument("--out", default=os.path.join(HERE, "results", "study20"))
+    args = p.parse_args(argv)
+    if args.command == "run":
+        return run_pending(args.stage)
+    if args.command == "status":
+        for j in jobs():
+            state = "done" if j.done else "blocked" if j.blocked else "pending"
+            print(f"{state:8s} {j.stage:8s} {j.name}")
+        return 0
+    from study20_report import report
+    return report(ROOT, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
