@@ -1,0 +1,251 @@
+"""Tables and plots of `study20.py` from the committed per-run files (one command).
+
+    python experiments/study20.py report      # copies new files from runs/study20, then renders
+
+The run files (metrics.jsonl, config.json, test_eval.json) are copied under
+`<out>/runs/<task>/<run>/`, and everything is computed from those copies, so the
+committed folder regenerates `results.md` and the plots without the workdirs.
+Intervals: `study_stats` (two-way bootstrap over seeds and problems, 95%).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+from typing import Any
+
+import numpy as np
+
+from study_stats import Interval, bootstrap_mean, paired_difference
+
+RUN_FILES = ("metrics.jsonl", "config.json", "test_eval.json")
+BASE_FILES = ("base_test_eval.json", "base_decoding.json")
+NAME = re.compile(r"^(?P<method>.+)__lr=(?P<lr>[^_]+)__seed(?P<seed>\d+)$")
+
+
+def sync(src_root: str, dst_root: str) -> None:
+    """Copies each run's small files (and the base model's evals) from the workdirs; never the checkpoints."""
+    for task_dir in glob.glob(os.path.join(src_root, "*")):
+        task = os.path.basename(task_dir)
+        for name in BASE_FILES:
+            _copy(os.path.join(task_dir, name), os.path.join(dst_root, task, name))
+        for run_dir in glob.glob(os.path.join(task_dir, "*__seed*")):
+            for name in RUN_FILES:
+                _copy(os.path.join(run_dir, name), os.path.join(dst_root, task, os.path.basename(run_dir), name))
+
+
+def _copy(src: str, dst: str) -> None:
+    if os.path.isfile(src):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def load_runs(task_root: str) -> list[dict[str, Any]]:
+    """One dict per run folder: method, lr, seed, metrics records, test eval (or None)."""
+    runs = []
+    for run_dir in sorted(glob.glob(os.path.join(task_root, "*__seed*"))):
+        m = NAME.match(os.path.basename(run_dir))
+        if not m or not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
+            continue
+        test = os.path.join(run_dir, "test_eval.json")
+        runs.append(dict(method=m["method"], lr=float(m["lr"]), seed=int(m["seed"]),
+                         records=read_jsonl(os.path.join(run_dir, "metrics.jsonl")),
+                         test=read_json(test) if os.path.isfile(test) else None))
+    return runs
+
+
+def problem_scores(result: dict[str, Any]) -> np.ndarray:
+    """[problems] mean correctness of one eval mode (greedy: 0/1; avg@k: fraction of k correct)."""
+    return np.asarray([np.mean(p["correct"]) for p in result["problems"]], np.float64)
+
+
+def score_table(runs: list[dict[str, Any]], mode: str) -> tuple[np.ndarray, list[int]]:
+    """[seeds, problems] of the runs holding a test eval, seeds ascending."""
+    done = sorted((r for r in runs if r["test"] is not None), key=lambda r: r["seed"])
+    if not done:
+        return np.zeros((0, 0)), []
+    return np.stack([problem_scores(r["test"]["results"][mode]) for r in done]), [r["seed"] for r in done]
+
+
+def cost(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over finished runs of wall seconds (rollout + update) and process CPU seconds per run."""
+    wall, cpu = [], []
+    for r in runs:
+        train = [x for x in r["records"] if x.get("kind") == "train"]
+        if train and train[-1]["step"] >= 20:
+            wall.append(sum(x["rollout_seconds"] + x["update_seconds"] for x in train))
+            cpu.append(sum(x.get("cpu_seconds", np.nan) for x in train))
+    return {"wall_s": float(np.mean(wall)) if wall else np.nan, "cpu_s": float(np.mean(cpu)) if cpu else np.nan,
+            "runs": len(wall)}
+
+
+def validation(runs: list[dict[str, Any]], step: int) -> float | None:
+    evals = [x for r in runs for x in r["records"] if x.get("kind") == "eval" and x.get("step") == step]
+    return float(evals[-1]["pass@1"]) if evals else None
+
+
+# ---------------------------------------------------------------- tables
+
+def selection_rows(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    rows = ["| method | learning rate | validation pass@1, step 0 | step 20 | chosen |", "|---|---:|---:|---:|:-:|"]
+    for method in methods:
+        cands = sorted({r["lr"] for r in runs if r["method"] == method})
+        scores = {lr: validation([r for r in runs if r["method"] == method and r["lr"] == lr and r["seed"] == 0], 20)
+                  for lr in cands}
+        known = {lr: s for lr, s in scores.items() if s is not None}
+        best = min((lr for lr, s in known.items() if s == max(known.values())), default=None) \
+            if len(known) == len(cands) and known else None
+        for lr in cands:
+            seed0 = [r for r in runs if r["method"] == method and r["lr"] == lr and r["seed"] == 0]
+            v0, v20 = validation(seed0, 0), scores[lr]
+            rows.append(f"| {method} | {lr:g} | {_f(v0)} | {_f(v20)} | {'yes' if lr == best else ''} |")
+    return rows
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _ci(iv: Interval | None) -> str:
+    if iv is None:
+        return "-"
+    return iv.text() + (" *" if iv.excludes_zero else "")
+
+
+def method_table(runs: list[dict[str, Any]], methods: list[str], base: dict[str, Any] | None,
+                 reference: str = "grpo") -> tuple[list[str], dict[str, dict[str, Interval]]]:
+    """The test table: scores with intervals, paired differences against `reference` and the base model."""
+    rows = ["| method | lr | seeds | greedy pass@1 | avg@8 | greedy - GRPO | greedy - base | avg@8 - base "
+            "| train s/run (wall) | CPU s/run |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    stats: dict[str, dict[str, Interval]] = {}
+    ref_runs = [r for r in runs if r["method"] == reference and r["test"] is not None]
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method and r["test"] is not None]
+        if not mine:
+            continue
+        lr = mine[0]["lr"]
+        g, seeds = score_table(mine, "greedy")
+        a, _ = score_table(mine, "avg")
+        s = {"greedy": bootstrap_mean(g), "avg": bootstrap_mean(a)}
+        common = [x for x in seeds if x in {r["seed"] for r in ref_runs}]
+        if method != reference and common:
+            g_ref, _ = score_table([r for r in ref_runs if r["seed"] in common], "greedy")
+            g_me, _ = score_table([r for r in mine if r["seed"] in common], "greedy")
+            s["greedy_vs_ref"] = paired_difference(g_me, g_ref)
+        if base is not None:
+            s["greedy_vs_base"] = paired_difference(g, problem_scores(base["results"]["greedy"]))
+            s["avg_vs_base"] = paired_difference(a, problem_scores(base["results"]["avg"]))
+        stats[method] = s
+        c = cost([r for r in runs if r["method"] == method and r["lr"] == lr])
+        rows.append(f"| {method} | {lr:g} | {len(seeds)} | {_ci(s['greedy']).rstrip(' *')} | "
+                    f"{_ci(s['avg']).rstrip(' *')} | {_ci(s.get('greedy_vs_ref'))} | {_ci(s.get('greedy_vs_base'))} "
+                    f"| {_ci(s.get('avg_vs_base'))} | {_f(c['wall_s'], 0)} | {_f(c['cpu_s'], 0)} |")
+    return rows, stats
+
+
+def decoding_rows(base: dict[str, Any] | None, decoding: dict[str, Any] | None) -> list[str]:
+    """Base-model decoding: score, tokens per problem and generation seconds; EM-INF vs SC@4 paired."""
+    if decoding is None:
+        return ["(base-model decoding not run yet)"]
+    rows = ["| decoding | score | tokens / problem | generation s |", "|---|---:|---:|---:|"]
+    results = dict(decoding["results"])
+    if base is not None:
+        results = {"greedy": base["results"]["greedy"], **results}
+    for mode, r in results.items():
+        n = r["num_problems"]
+        iv = bootstrap_mean(problem_scores(r)[None, :]) if mode != "maj" else \
+            bootstrap_mean(np.asarray([p["correct"][p["majority"]] if p.get("majority") is not None else 0.0
+                                       for p in r["problems"]], np.float64)[None, :])
+        rows.append(f"| {mode} ({r['headline']}) | {iv.text()} | {r['tokens'] / n:.1f} | {r['generate_seconds']:.0f} |")
+    if "em_inf" in results and "maj" in results:
+        em = problem_scores(results["em_inf"])  # one EM-INF sample's expected correctness (avg@k)
+        sc = np.asarray([p["correct"][p["majority"]] if p.get("majority") is not None else 0.0
+                         for p in results["maj"]["problems"]], np.float64)
+        d = paired_difference(em[None, :], sc)
+        k = results["maj"]["k"]
+        rows += ["", f"EM-INF (one sample, avg@k) minus self-consistency maj@{k}: {_ci(d)} over "
+                 f"{len(em)} problems; tokens per problem {results['em_inf']['tokens'] / len(em) / k:.1f} "
+                 f"(one EM-INF sample) against {results['maj']['tokens'] / len(sc):.1f} (SC@{k})."]
+    return rows
+
+
+# ---------------------------------------------------------------- plots
+
+def plot(stats: dict[str, dict[str, Interval]], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    methods = list(stats)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(methods) + 1.5), sharey=True)
+    y = np.arange(len(methods))
+    for ax, keys, label in ((axes[0], ("greedy", "avg"), "test score (95% CI)"),
+                            (axes[1], ("greedy_vs_base", "greedy_vs_ref"), "paired difference, greedy (95% CI)")):
+        for j, key in enumerate(keys):
+            ivs = [stats[m].get(key) for m in methods]
+            ok = [i for i, iv in enumerate(ivs) if iv is not None]
+            mean = np.asarray([ivs[i].mean for i in ok])
+            err = np.asarray([[ivs[i].mean - ivs[i].low for i in ok], [ivs[i].high - ivs[i].mean for i in ok]])
+            ax.errorbar(mean, y[ok] + (j - 0.5) * 0.25, xerr=err, fmt="o", capsize=3,
+                        label=key.replace("_vs_ref", " - GRPO").replace("_vs_base", " - base"))
+        ax.set_xlabel(label)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[1].axvline(0.0, color="k", lw=0.8)
+    axes[0].set_yticks(y, methods)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the report
+
+def task_section(task_root: str, task: str, methods: list[str], out: str) -> list[str]:
+    runs = load_runs(task_root)
+    base_path, dec_path = (os.path.join(task_root, n) for n in BASE_FILES)
+    base = read_json(base_path) if os.path.isfile(base_path) else None
+    decoding = read_json(dec_path) if os.path.isfile(dec_path) else None
+    lines = [f"## {task}", ""]
+    if task == "chain_sum":
+        lines += ["### Learning-rate selection (seed 0, validation split)", ""] + selection_rows(runs, methods) + [""]
+    table, stats = method_table(runs, methods, base)
+    lines += ["### Test (256 problems): score [95% CI]; * = the interval excludes 0", ""] + table + [""]
+    if stats:
+        plot(stats, os.path.join(out, f"{task}_test.png"), f"{task}: test scores and paired differences")
+        lines += [f"![{task}]({task}_test.png)", ""]
+    lines += ["### Base model decoding (test split)", ""] + decoding_rows(base, decoding) + [""]
+    return lines
+
+
+def report(src_root: str, out: str, methods: list[str] | None = None) -> int:
+    from study20 import METHODS
+    methods = methods or list(METHODS)
+    runs_root = os.path.join(out, "runs")
+    if os.path.isdir(src_root):
+        sync(src_root, runs_root)
+    lines = ["# Study results (generated by `python experiments/study20.py report`)", ""]
+    for task_root in sorted(glob.glob(os.path.join(runs_root, "*"))):
+        lines += task_section(task_root, os.path.basename(task_root), methods, out)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {os.path.join(out, 'results.md')}")
+    return 0

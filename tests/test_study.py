@@ -1,0 +1,127 @@
+"""experiments/study20.py (learning-rate selection, job order) and study_stats.py (bootstrap intervals).
+
+Interval widths are checked against closed-form standard errors (normal theory), not against the code.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import study20  # noqa: E402
+import study20_report  # noqa: E402
+from study_stats import bootstrap_mean, paired_difference  # noqa: E402
+
+
+def test_constant_table_has_a_point_interval():
+    iv = bootstrap_mean(np.full((3, 50), 0.25), replicates=500)
+    assert (iv.mean, iv.low, iv.high, iv.seeds, iv.problems) == (0.25, 0.25, 0.25, 3, 50)
+
+
+def test_one_seed_interval_matches_the_binomial_standard_error():
+    rng = np.random.default_rng(1)
+    x = (rng.random(2000) < 0.3).astype(float)[None, :]
+    iv = bootstrap_mean(x, replicates=4000)
+    p = x.mean()
+    half = 1.959964 * np.sqrt(p * (1 - p) / x.size)  # normal-theory 95% half-width
+    assert iv.mean == pytest.approx(p)
+    assert (iv.high - iv.low) / 2 == pytest.approx(half, rel=0.1)
+    assert iv.low < p < iv.high
+
+
+def test_two_way_interval_adds_seed_and_problem_variance():
+    # x[s, p] = a[s] + b[p]: a replicate's mean is mean(a*) + mean(b*), so its variance is
+    # var(a)/S + var(b)/P (population variances, resampling with replacement).
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(0, 0.05, 6), rng.normal(0, 0.3, 400)
+    x = a[:, None] + b[None, :]
+    iv = bootstrap_mean(x, replicates=4000)
+    half = 1.959964 * np.sqrt(a.var() / a.size + b.var() / b.size)
+    assert (iv.high - iv.low) / 2 == pytest.approx(half, rel=0.12)
+    problems_only = 1.959964 * np.sqrt(b.var() / b.size)
+    assert (iv.high - iv.low) / 2 > 1.1 * problems_only  # the seed term is really there
+
+
+def test_paired_difference_cancels_shared_problem_difficulty():
+    rng = np.random.default_rng(3)
+    difficulty = rng.random(256)
+    b = np.stack([(rng.random(256) < difficulty).astype(float) for _ in range(3)])
+    a = np.clip(b + (rng.random((3, 256)) < 0.05), 0, 1)  # a = b, plus ~5% problems flipped to correct
+    d = paired_difference(a, b, replicates=2000)
+    assert d.mean == pytest.approx(a.mean() - b.mean())
+    assert d.excludes_zero and d.low > 0
+    unpaired_half = 1.959964 * np.sqrt(a.var() / a.size + b.var() / b.size)
+    assert (d.high - d.low) / 2 < 0.5 * unpaired_half
+    same = paired_difference(b, b, replicates=200)
+    assert (same.mean, same.low, same.high, same.excludes_zero) == (0.0, 0.0, 0.0, False)
+    # A reference without seeds (the base model) is broadcast over the seeds.
+    base = b[0]
+    d0 = paired_difference(a, base, replicates=200)
+    assert d0.mean == pytest.approx((a - base[None]).mean())
+    with pytest.raises(ValueError, match="differ in shape"):
+        paired_difference(a, b[:2])
+
+
+def _finish(run, val_pass, steps=20):
+    os.makedirs(run.workdir, exist_ok=True)
+    with open(os.path.join(run.workdir, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"kind": "eval", "step": 0, "pass@1": 0.1}) + "\n")
+        for s in range(1, steps + 1):
+            f.write(json.dumps({"kind": "train", "step": s, "rollout_seconds": 1.0, "update_seconds": 2.0,
+                                "cpu_seconds": 5.0}) + "\n")
+        f.write(json.dumps({"kind": "eval", "step": steps, "pass@1": val_pass}) + "\n")
+
+
+def test_learning_rate_is_chosen_on_validation_and_unlocks_other_seeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(study20, "ROOT", str(tmp_path))
+    low, high = study20.LEARNING_RATES
+    assert study20.chosen_lr("grpo") is None
+    names = [j.name for j in study20.jobs() if not j.blocked]
+    assert names[:2] == [f"train grpo__lr={low:g}__seed0", f"train grpo__lr={high:g}__seed0"]
+    assert not any("seed1" in n for n in names)  # later seeds wait for the choice
+    _finish(study20.run_spec("grpo", low, 0), 0.20)
+    assert study20.chosen_lr("grpo") is None  # one candidate still running
+    _finish(study20.run_spec("grpo", high, 0), 0.25)
+    assert study20.chosen_lr("grpo") == high
+    _finish(study20.run_spec("dr_grpo", low, 0), 0.25)
+    _finish(study20.run_spec("dr_grpo", high, 0), 0.25)
+    assert study20.chosen_lr("dr_grpo") == low  # a tie goes to the smaller rate
+    todo = [j for j in study20.jobs() if not j.done and not j.blocked]
+    assert f"test  grpo__lr={high:g}__seed0" in [j.name for j in todo]
+    assert f"train grpo__lr={high:g}__seed1" in [j.name for j in todo]
+    assert not any(j.name.endswith(f" grpo__lr={low:g}__seed1") for j in todo)
+    unfinished = study20.run_spec("rloo", low, 0)
+    _finish(unfinished, 0.5, steps=12)  # stopped at step 12: no validation score yet
+    assert study20.validation_score(unfinished) is None
+
+
+def test_report_tables_from_run_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(study20, "ROOT", str(tmp_path / "runs"))
+    rng = np.random.default_rng(0)
+
+    def test_eval(p_greedy, p_avg):
+        problems = lambda p, k: [{"correct": [int(v) for v in rng.random(k) < p], "majority": 0} for _ in range(256)]
+        return {"results": {"greedy": {"problems": problems(p_greedy, 1)}, "avg": {"problems": problems(p_avg, 8)}}}
+
+    for method, p in (("grpo", 0.2), ("gpg_age", 0.6)):
+        for lr in study20.LEARNING_RATES:
+            _finish(study20.run_spec(method, lr, 0), 0.3 if lr == study20.LEARNING_RATES[0] else 0.1)
+        for seed in (0, 1):
+            run = study20.run_spec(method, study20.LEARNING_RATES[0], seed)
+            _finish(run, 0.3)
+            with open(study20.test_path(run), "w") as f:
+                json.dump(test_eval(p, p), f)
+    with open(tmp_path / "runs" / "chain_sum" / "base_test_eval.json", "w") as f:
+        json.dump(test_eval(0.2, 0.1), f)
+    out = tmp_path / "out"
+    study20_report.report(str(tmp_path / "runs"), str(out), methods=["grpo", "gpg_age"])
+    text = (out / "results.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| gpg_age | 1e-05 | 2 |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[5].endswith("*") and float(cells[5].split()[0]) > 0.3  # greedy - GRPO: ~0.4, excludes 0
+    assert cells[8] == "60" and cells[9] == "100"  # 20 steps x (1 + 2) s wall, 20 x 5 s CPU
+    assert (out / "chain_sum_test.png").stat().st_size > 0
+    assert (out / "runs" / "chain_sum" / "grpo__lr=1e-05__seed1" / "test_eval.json").is_file()
