@@ -75,7 +75,7 @@ class Trainer:
         self.eval_entries = [eval_source[i] for i in range(min(c.eval.num_prompts, len(eval_source)))]
         self.spec = RolloutSpec(c.rollout.group_size, c.rollout.max_new_tokens, c.rollout.temperature,
                                 c.rollout.top_p, c.rollout.top_k,
-                                min_prompt_width=c.rollout.min_prompt_width)
+                                min_prompt_width=c.rollout.min_prompt_width, kv_dtype=c.rollout.kv_dtype)
         self.em_rl = dict(kind=c.em.rl_kind, reduction=c.em.rl_reduction) if c.algorithm == "em_rl" else None
         os.makedirs(workdir, exist_ok=True)
         self.checkpoints = ckpt.manager(workdir, c.keep_checkpoints)
@@ -193,7 +193,7 @@ class Trainer:
     def eval(self, step: int, writer: MetricsWriter) -> dict[str, Any]:
         result = evaluate(self.policy(), self.eval_entries, self.formatter, self.rewards,
                           max_new_tokens=self.c.eval.max_new_tokens, timeout_s=self.c.reward.timeout_s,
-                          sampler=self.eval_sampler)
+                          sampler=self.eval_sampler, kv_dtype=self.spec.kv_dtype)
         failures = guard.RewardFailures(self.c.reward.max_failure_fraction, f"eval at step {step}")
         failures.add(result.pop("reward_failures"), len(self.eval_entries))
         guard.stop_on_reward_failures(failures)
