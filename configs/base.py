@@ -57,6 +57,10 @@ def get_config():
     # length shares one compiled shape of the sampler and the update (a new shape costs a trace and
     # a compile: tens of seconds on a CPU, ~45 s for a 0.5B model on a GPU).
     c.rollout.min_prompt_width = 128
+    # The sampler's KV cache dtype (prompt and generated keys/values, rollouts and evals): "auto" (the
+    # model's compute dtype, model.dtype) | "float32" | "bfloat16" (half the cache memory of a float32
+    # model; attention still computes in the compute dtype with float32 scores). Changes what is sampled.
+    c.rollout.kv_dtype = "auto"
 
     c.reward = ml_collections.ConfigDict()
     c.reward.fn = "reasoning_gym"  # registry name(s) or "module.path:function"

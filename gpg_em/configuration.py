@@ -177,6 +177,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(c.em.rl_reduction in ("sum", "mean"), "em.rl_reduction", f"{c.em.rl_reduction!r} is not sum or mean")
     _require(c.em.rl_loss in ("rloo", "gpg", "grpo"), "em.rl_loss", f"{c.em.rl_loss!r} is not rloo, gpg or grpo")
     _require(c.model.dtype in ("float32", "bfloat16"), "model.dtype", f"{c.model.dtype!r} is not float32 or bfloat16")
+    _require(c.rollout.kv_dtype in ("auto", "float32", "bfloat16"), "rollout.kv_dtype",
+             f"{c.rollout.kv_dtype!r} is not auto, float32 or bfloat16")
     _require(c.rollout.temperature > 0, "rollout.temperature", f"must be > 0, got {c.rollout.temperature}")
     _require(0 < c.rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {c.rollout.top_p}")
     _require(isinstance(c.host_mmap_threshold, int) and c.host_mmap_threshold >= 0, "host_mmap_threshold",

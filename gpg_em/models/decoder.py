@@ -38,11 +38,22 @@ def _dtype(cfg: ModelConfig):
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> list[LayerCache]:
-    """Zeroed KV cache, one LayerCache per layer, in the compute dtype."""
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    return [LayerCache(jnp.zeros(shape, _dtype(cfg)), jnp.zeros(shape, _dtype(cfg)))
-            for _ in range(cfg.num_layers)]
+KV_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def cache_dtype(cfg: ModelConfig, kv_dtype: str = "auto"):
+    """The dtype keys/values are stored in: `kv_dtype` ("float32" | "bfloat16"), or with "auto" the compute
+    dtype. Attention reads them back and computes in the wider of the two (scores always in float32)."""
+    if kv_dtype not in KV_DTYPES:
+        raise ValueError(f"kv_dtype {kv_dtype!r} is not one of {list(KV_DTYPES)}")
+    return _dtype(cfg) if kv_dtype == "auto" else jnp.dtype(kv_dtype)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, kv_dtype: str = "auto") -> list[LayerCache]:
+    """Zeroed KV cache, one LayerCache per layer, in `cache_dtype(cfg, kv_dtype)`: every key/value written is
+    rounded to it, and every attention read sees the stored (rounded) values."""
+    shape, dt = (batch, max_len, cfg.num_kv_heads, cfg.head_dim), cache_dtype(cfg, kv_dtype)
+    return [LayerCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.num_layers)]
 
 
 class Linear(nn.Module):

@@ -83,7 +83,7 @@ def generate(model: Model, prompts: Sequence, *, max_new_tokens: int, num_sample
              chat_template: bool = True, em_inf: EMInfConfig | None = None,
              adaptive_temperature: AdaptiveTemperatureConfig | None = None,
              stop_token_ids: Sequence[int] | None = None, sampler=None,
-             min_prompt_width: int = MIN_BUCKET) -> GenerationResult:
+             min_prompt_width: int = MIN_BUCKET, kv_dtype: str = "auto") -> GenerationResult:
     """Samples `num_samples` completions of up to `max_new_tokens` tokens for each prompt.
 
     `prompts`: strings (chat template applied when `chat_template`) or
@@ -91,6 +91,7 @@ def generate(model: Model, prompts: Sequence, *, max_new_tokens: int, num_sample
     stop early. Log-prob/entropy definitions: `gpg_em.rollout.sampling`.
     `sampler`: a function like `sample` (default), e.g. `sharded.process_sampler` on a mesh.
     `min_prompt_width`: prompts are left-padded to `prompt_bucket(longest, min_prompt_width)`.
+    `kv_dtype`: the KV cache's dtype (`SamplingConfig.kv_dtype`).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -101,7 +102,7 @@ def generate(model: Model, prompts: Sequence, *, max_new_tokens: int, num_sample
     stop = default_stop_ids(model) if stop_token_ids is None else tuple(int(t) for t in stop_token_ids)
     sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
                               stop_token_ids=stop, pad_token_id=_pad_id(model, stop), em_inf=em_inf,
-                              adaptive_temperature=adaptive_temperature)
+                              adaptive_temperature=adaptive_temperature, kv_dtype=kv_dtype)
     prompt_ids, prompt_mask = left_pad(ids, sampling.pad_token_id, min_width=min_prompt_width)
     out = (sampler or sample)(model.params, prompt_ids, prompt_mask, jax.random.PRNGKey(seed), cfg=model.config,
                  sampling=sampling, max_new_tokens=max_new_tokens, num_samples=num_samples)

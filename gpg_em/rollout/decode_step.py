@@ -40,6 +40,7 @@ _NEG = -1e30  # as the decoder: finite, so a fully masked row is uniform rather 
 
 
 class KVCache(NamedTuple):
+    """One layer's keys/values, in the sampler's cache dtype (`decoder.cache_dtype`, `SamplingConfig.kv_dtype`)."""
     prompt_k_t: jnp.ndarray  # [n, KVH, Dh, P]
     prompt_v: jnp.ndarray  # [n, KVH, P, Dh]
     gen_k_t: jnp.ndarray  # [n, KVH, G, Dh, N]
@@ -112,6 +113,13 @@ def _rope_fm(x_HxDhxB, cos_DhxB, sin_DhxB):
     return (x * cos_DhxB + rotated * sin_DhxB).astype(x_HxDhxB.dtype)
 
 
+def _read_dtype(q, v):
+    """The dtype of the probabilities x values product: the wider of the compute dtype (q's) and the cache's
+    (`rollout.kv_dtype`); the same as the cache's when they agree. A bfloat16 cache under a float32 model
+    thus rounds only the stored keys/values, never the probabilities."""
+    return jnp.promote_types(q.dtype, v.dtype)
+
+
 GEN_BLOCK = 128  # generated slots read per block: a step's attention costs ceil((index + 1) / GEN_BLOCK) blocks
 
 
@@ -139,7 +147,8 @@ def _gen_blocks(q_nxKxGxQxD, cache: KVCache, index, carry):
         s = jnp.where((slot >= b * T) & (slot <= index), s, _NEG)
         m_new = jnp.maximum(m, s.max(-1))
         p, scale = jnp.exp(s - m_new[..., None]), jnp.exp(m - m_new)
-        pv = jnp.einsum("nkgqt,nkgtd->nkgqd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        pv = jnp.einsum("nkgqt,nkgtd->nkgqd", p.astype(_read_dtype(q_nxKxGxQxD, v)), v,
+                        preferred_element_type=jnp.float32)
         return m_new, l * scale + p.sum(-1), acc * scale[..., None] + pv
 
     return jax.lax.fori_loop(0, index // T + 1, fold, carry)
@@ -158,7 +167,7 @@ def _attend(q_nxKxGxQxD, cache: KVCache, prompt_mask_nxP, index, dt):
     s = jnp.where(prompt_mask_nxP[:, None, None, :], s, _NEG)
     m = s.max(-1)  # [n, K, G*Q]
     p = jnp.exp(s - m[..., None])
-    acc = jnp.einsum("nkmp,nkpd->nkmd", p.astype(cache.prompt_v.dtype), cache.prompt_v,
+    acc = jnp.einsum("nkmp,nkpd->nkmd", p.astype(_read_dtype(q_nxKxGxQxD, cache.prompt_v)), cache.prompt_v,
                      preferred_element_type=jnp.float32)
     carry = (m.reshape(n, K, G, Q), p.sum(-1).reshape(n, K, G, Q), acc.reshape(n, K, G, Q, Dh))
     _, l, acc = _gen_blocks(q_nxKxGxQxD, cache, index, carry)

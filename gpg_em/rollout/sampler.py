@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpg_em.models.config import ModelConfig
-from gpg_em.models.decoder import Decoder, init_cache
+from gpg_em.models.decoder import Decoder, cache_dtype, init_cache
 from gpg_em.models.model import positions_from_mask
 from gpg_em.rollout import decode_cpu, logits_cpu
 from gpg_em.rollout.adaptive_temperature import adaptive_tau_newton
@@ -115,7 +115,7 @@ def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, s
     B, N, G = n * num_samples, max_new_tokens, num_samples
     pmask = prompt_mask_NxP.astype(bool)
     hidden, cache = Decoder(cfg).apply({"params": params}, prompt_ids_NxP, positions_from_mask(pmask), pmask,
-                                       init_cache(cfg, n, P), 0)
+                                       init_cache(cfg, n, P, sampling.kv_dtype), 0)
     # Left padding puts every prompt's last token at P - 1.
     z = modify_logits(head_logits(params, cfg, hidden[:, -1]), sampling)  # [n, V]
     repeat = lambda x: jnp.repeat(x, G, axis=0)
@@ -221,10 +221,11 @@ def _keep_live_first(done_B: np.ndarray, rows: int) -> np.ndarray:
     return order[:rows].astype(np.int32)
 
 
-def decode_weights_for(params, cfg: ModelConfig):
+def decode_weights_for(params, cfg: ModelConfig, kv_dtype: str = "auto"):
     """The weights `decode` reads on this backend: the native kernel's packed copy on CPU where it
-    applies (`decode_cpu.use_kernel`), else the feature-major copy on CPU, else the params as they are."""
-    if decode_cpu.use_kernel(cfg):
+    applies (`decode_cpu.use_kernel`, which keeps a float32 cache), else the feature-major copy on CPU,
+    else the params as they are."""
+    if decode_cpu.use_kernel(cfg) and cache_dtype(cfg, kv_dtype) == jnp.float32:
         return decode_cpu.packed_weights(params, cfg)
     return jit_decode_weights(params, cfg=cfg, transpose=jax.default_backend() == "cpu")
 
@@ -249,7 +250,7 @@ def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sa
                     max_new_tokens=max_new_tokens, num_samples=num_samples)
     if max_new_tokens == 1:  # (saves compiling a loop that would not run)
         return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
-    weights = decode_weights_for(params, cfg)
+    weights = decode_weights_for(params, cfg, sampling.kv_dtype)
     out, rows = None, state.tokens.shape[0]
     while True:
         half = rows // 2

@@ -31,6 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gpg_em.models.decoder import KV_DTYPES
 from gpg_em.rollout.adaptive_temperature import AdaptiveTemperatureConfig
 from gpg_em.rollout.em_inf import EMInfConfig
 
@@ -46,6 +47,8 @@ class SamplingConfig:
     (`greedy`: argmax, which none of the above changes). `stop_token_ids`
     end a sequence (the stop token itself is kept and masked in); an empty
     tuple never stops. `pad_token_id` fills positions after the stop.
+    `kv_dtype`: the dtype the KV cache is stored in, "auto" (the model's compute
+    dtype), "float32" or "bfloat16" (`gpg_em.models.decoder.cache_dtype`).
     """
     temperature: float = 1.0
     top_p: float = 1.0
@@ -55,6 +58,7 @@ class SamplingConfig:
     pad_token_id: int = 0
     em_inf: EMInfConfig | None = None
     adaptive_temperature: AdaptiveTemperatureConfig | None = None
+    kv_dtype: str = "auto"
 
     def __post_init__(self):
         if not self.temperature > 0:
@@ -65,6 +69,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.em_inf is not None and self.adaptive_temperature is not None:
             raise ValueError("em_inf and adaptive_temperature are alternatives; set at most one")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {list(KV_DTYPES)}, got {self.kv_dtype!r}")
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
 

@@ -32,7 +32,7 @@ from gpg_em.parallel import (agree_any, agree_max, batch_shards, gather_host_row
 from gpg_em.rewards import build_rewards
 from gpg_em.rollout.decode_cpu import release_packed_weights
 from gpg_em.rollout.sharded import process_sampler
-from gpg_em.train import checkpoint as ckpt, guard, host_memory, resume
+from gpg_em.train import checkpoint as ckpt, compiles, guard, host_memory, resume
 from gpg_em.train.evaluate import evaluate
 from gpg_em.train.lock import WorkdirLock
 from gpg_em.train.metrics import MetricsWriter, NullWriter
@@ -75,7 +75,7 @@ class Trainer:
         self.eval_entries = [eval_source[i] for i in range(min(c.eval.num_prompts, len(eval_source)))]
         self.spec = RolloutSpec(c.rollout.group_size, c.rollout.max_new_tokens, c.rollout.temperature,
                                 c.rollout.top_p, c.rollout.top_k,
-                                min_prompt_width=c.rollout.min_prompt_width)
+                                min_prompt_width=c.rollout.min_prompt_width, kv_dtype=c.rollout.kv_dtype)
         self.em_rl = dict(kind=c.em.rl_kind, reduction=c.em.rl_reduction) if c.algorithm == "em_rl" else None
         os.makedirs(workdir, exist_ok=True)
         self.checkpoints = ckpt.manager(workdir, c.keep_checkpoints)
@@ -148,7 +148,7 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, Any]:
         self._timing = dict(sample_seconds=0.0, reward_seconds=0.0, logprob_seconds=0.0)
-        t0, cpu0 = time.perf_counter(), time.process_time()
+        t0, cpu0, compiled0 = time.perf_counter(), time.process_time(), compiles.totals()
         batch, info = self.collect(step)
         release_packed_weights()  # the sampler's packed weight copy, kept while rounds reuse the params
         host_memory.trim()
@@ -170,6 +170,7 @@ class Trainer:
                   "trained_tokens": int(batch["completion_mask"].sum() + batch["prompt_mask"].sum()),
                   "rollout_seconds": t1 - t0, "update_seconds": t2 - t1 - self._timing["logprob_seconds"],
                   "cpu_seconds": time.process_time() - cpu0,  # all of this process's threads: robust to sharing
+                  **compiles.since(compiled0),  # XLA compilations in the step (a new shape; README "Shapes")
                   **self._timing, **self._reward_metrics,
                   **self.prompts.metrics()}
         return record
@@ -191,13 +192,14 @@ class Trainer:
         self.last_saved = step
 
     def eval(self, step: int, writer: MetricsWriter) -> dict[str, Any]:
+        compiled0 = compiles.totals()
         result = evaluate(self.policy(), self.eval_entries, self.formatter, self.rewards,
                           max_new_tokens=self.c.eval.max_new_tokens, timeout_s=self.c.reward.timeout_s,
-                          sampler=self.eval_sampler)
+                          sampler=self.eval_sampler, kv_dtype=self.spec.kv_dtype)
         failures = guard.RewardFailures(self.c.reward.max_failure_fraction, f"eval at step {step}")
         failures.add(result.pop("reward_failures"), len(self.eval_entries))
         guard.stop_on_reward_failures(failures)
-        writer.write({"kind": "eval", "step": step, **result, **failures.metrics()})
+        writer.write({"kind": "eval", "step": step, **result, **failures.metrics(), **compiles.since(compiled0)})
         return result
 
     def open_records(self, start: int, changes: list) -> MetricsWriter | NullWriter:

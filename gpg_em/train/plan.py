@@ -77,7 +77,7 @@ def plan_sampler(c, cfg, params, mesh) -> dict[str, int]:
     sampler = ShardedSampler(cfg, mesh, p_shard)
     n, G, N = c.rollout.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens
     sampling = SamplingConfig(temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
-                              stop_token_ids=cfg.eos_token_ids)
+                              stop_token_ids=cfg.eos_token_ids, kv_dtype=c.rollout.kv_dtype)
     ids = jax.ShapeDtypeStruct((n, prompt_bucket(c.data.max_prompt_tokens, c.rollout.min_prompt_width)), jnp.int32)
     pre, dec, s_shard, _ = sampler.jitted(sampling, N, G, *ids.shape)
     rng = jax.random.PRNGKey(0)

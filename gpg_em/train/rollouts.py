@@ -28,6 +28,7 @@ class RolloutSpec:
     top_k: int = 0
     greedy: bool = False
     min_prompt_width: int = MIN_BUCKET  # prompts pad to prompt_bucket(longest, this): fewer compiled shapes
+    kv_dtype: str = "auto"  # the sampler's KV cache dtype (SamplingConfig.kv_dtype)
 
 
 def _pad_to(x: np.ndarray, width: int, left: bool, value=0) -> np.ndarray:
@@ -49,7 +50,7 @@ def sample_round(model: Model, prompt_texts: Sequence[str], spec: RolloutSpec, s
     out = generate(model, encode_texts(model.tokenizer, prompt_texts), max_new_tokens=spec.max_new_tokens, num_samples=spec.group_size,
                    temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k, greedy=spec.greedy,
                    seed=seed, chat_template=False, sampler=sampler,
-                   min_prompt_width=spec.min_prompt_width)
+                   min_prompt_width=spec.min_prompt_width, kv_dtype=spec.kv_dtype)
     N = spec.max_new_tokens
     return {
         "prompt_ids": np.asarray(out.prompt_ids, np.int32),

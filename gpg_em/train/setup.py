@@ -19,7 +19,8 @@ from gpg_em.train.optim import OptimConfig, make_optimizer
 from gpg_em.train.state import create_state
 from gpg_em.train.step import StepConfig, jit_logprobs, jit_update_step
 
-BATCH_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "rewards")
+# sample_logprobs: the sampler's, for the logged sampler-vs-trainer mismatch (step.rollout_mismatch)
+BATCH_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "rewards", "sample_logprobs")
 
 
 def model_config(c) -> ModelConfig:

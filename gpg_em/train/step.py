@@ -124,10 +124,25 @@ def _sc_options(sc: StepConfig) -> dict:
                 remat=sc.remat, scan_layers=sc.scan_layers)
 
 
+def rollout_mismatch(logp_train_BxN, batch) -> dict:
+    """The sampler-vs-trainer log-prob mismatch, when the batch carries the sampler's `sample_logprobs`:
+    logp_mismatch_max / logp_mismatch_mean = max / mean over completion tokens of
+    |logp_rollout - logp_train| ({} otherwise). logp_train must be the log-probs at the params that
+    sampled: the batch's `old_logprobs` when it has them (recorded before a pass of several optimizer
+    steps), else `logp_train_BxN`, the update's own forward, which runs at those params (no extra forward)."""
+    if "sample_logprobs" not in batch:
+        return {}
+    train = batch["old_logprobs"] if "old_logprobs" in batch else jax.lax.stop_gradient(logp_train_BxN)
+    mask = batch["completion_mask"] > 0
+    diff = jnp.where(mask, jnp.abs(batch["sample_logprobs"] - train), 0.0)
+    return {"logp_mismatch_max": diff.max(), "logp_mismatch_mean": diff.sum() / jnp.maximum(mask.sum(), 1)}
+
+
 def loss_fn(params, cfg: ModelConfig, sc: StepConfig, batch):
     """Full-batch loss (one forward over the whole batch); the reference for the micro-batched gradient."""
     logp, ent = batch_logprobs(params, cfg, batch, micro_batch_size=0, **_sc_options(sc))
-    return objective_loss(sc.objective, logp, ent, batch)
+    loss, aux = objective_loss(sc.objective, logp, ent, batch)
+    return loss, {**aux, **rollout_mismatch(logp, batch)}
 
 
 def loss_and_grad(params, cfg: ModelConfig, sc: StepConfig, batch):
@@ -155,7 +170,7 @@ def loss_and_grad(params, cfg: ModelConfig, sc: StepConfig, batch):
     starts = jnp.arange(B // mb) * mb
     grads, (logp, ent) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (starts, split))
     loss, aux = objective_loss(sc.objective, logp.reshape(B, N), ent.reshape(B, N), batch)
-    return (loss, aux), grads
+    return (loss, {**aux, **rollout_mismatch(logp.reshape(B, N), batch)}), grads
 
 
 def _one_update(state, batch, *, cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation, schedule):
@@ -185,7 +200,8 @@ def update_step(state, batch, rng, *, cfg: ModelConfig, sc: StepConfig, tx: opta
     With one mini-batch this is a single update on the whole batch. With M > 1 (PPO mini-batches)
     step m starts from the parameters step m-1 produced, so a ratio loss's ratio
     exp(logp - old_logp) moves away from 1 and its clip is active; the old log-probs are the rollout
-    policy's, recorded once before the pass. Metrics are averaged over the M steps (`lr`: the first's).
+    policy's, recorded once before the pass. Metrics are averaged over the M steps (`lr`: the first's;
+    the log-prob mismatch, `rollout_mismatch`: the whole batch's, from the old log-probs).
     `rng` is accepted for losses that sample (none do yet).
     """
     del rng
@@ -195,6 +211,8 @@ def update_step(state, batch, rng, *, cfg: ModelConfig, sc: StepConfig, tx: opta
     state, metrics_M = jax.lax.scan(one, state, split_mini_batches(batch, sc.mini_batches))
     metrics = {k: jnp.mean(v) for k, v in metrics_M.items()}
     metrics["lr"] = metrics_M["lr"][0]
+    if "old_logprobs" in batch:  # (always, from the trainer, with several mini-batches): the whole batch's
+        metrics.update({k: jnp.asarray(v, jnp.float32) for k, v in rollout_mismatch(None, batch).items()})
     return state, metrics
 
 
