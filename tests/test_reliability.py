@@ -145,6 +145,19 @@ def test_check_config_refuses_naming_keys(tmp_path):
         ("algorithm", "gpg", "grpo")]
 
 
+def test_keys_added_since_the_run_started_pass_only_at_their_default(tmp_path):
+    # configs/base.py's kv_dtype default is "auto" (written here by hand, not read from the code)
+    (tmp_path / "config.json").write_text(json.dumps({"algorithm": "gpg", "rollout": {"group_size": 8}}))
+    now = {"algorithm": "gpg", "rollout": {"group_size": 8, "kv_dtype": "auto"}}
+    assert resume.check_config(str(tmp_path), json.dumps(now), "") == [("rollout.kv_dtype", None, "auto")]
+    now["rollout"]["kv_dtype"] = "bfloat16"
+    with pytest.raises(UserError, match=r"rollout.kv_dtype: None -> 'bfloat16'"):
+        resume.check_config(str(tmp_path), json.dumps(now), "")
+    now["rollout"]["not_a_base_key"] = 1  # unknown to configs/base.py: refused as before
+    with pytest.raises(UserError, match=r"rollout.not_a_base_key"):
+        resume.check_config(str(tmp_path), json.dumps(now), "")
+
+
 # ------------------------------------------------------------------ metrics.jsonl
 def test_torn_last_line_is_dropped_and_cut_records_kept(tmp_path):
     lines = [{"kind": "eval", "step": 0}, {"kind": "train", "step": 1}, {"kind": "train", "step": 2}]

@@ -6,6 +6,9 @@ any other difference (algorithm, learning rate, model, data, rewards, ...)
 refuses the resume, naming each key, unless `resume.allow_config_changes`
 names it (a comma list of keys or key prefixes, or "*"). Allowed changes are
 returned so the loop records them in metrics.jsonl (kind "config_change").
+A key the saved config lacks is accepted at configs/base.py's default value (a
+key added to the project since the run started; its default keeps the earlier
+behaviour), and refused at any other value.
 """
 from __future__ import annotations
 
@@ -48,6 +51,19 @@ def refused(diff: list[tuple[str, Any, Any]], allow: str) -> list[tuple[str, Any
     return [d for d in diff if not d[0].startswith(FREE) and not _matches(d[0], patterns)]
 
 
+def base_defaults() -> dict[str, Any]:
+    """configs/base.py's values, flattened (the defaults a newly added key takes)."""
+    from configs.base import get_config
+    return flatten(json.loads(get_config().to_json()))
+
+
+def added_at_default(diff: list[tuple[str, Any, Any]], saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Changes of keys the saved config lacks whose value is configs/base.py's default: keys added to the
+    config since the run started, whose defaults keep the earlier behaviour."""
+    known, defaults = flatten(saved), base_defaults()
+    return [d for d in diff if d[0] not in known and d[0] in defaults and d[2] == defaults[d[0]]]
+
+
 def check_config(workdir: str, config_json: str, allow: str) -> list[tuple[str, Any, Any]]:
     """The differences between `<workdir>/config.json` and `config_json`; raises on refused ones."""
     path = os.path.join(workdir, "config.json")
@@ -59,7 +75,8 @@ def check_config(workdir: str, config_json: str, allow: str) -> list[tuple[str, 
     except ValueError as e:
         raise UserError(f"{path}: not valid JSON ({e}); restore it or use another --workdir") from None
     diff = changes(saved, json.loads(config_json))
-    bad = refused(diff, allow)
+    new_keys = added_at_default(diff, saved)
+    bad = [d for d in refused(diff, allow) if d not in new_keys]
     if bad:
         shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in bad[:6])
         more = f" (and {len(bad) - 6} more)" if len(bad) > 6 else ""
