@@ -57,6 +57,10 @@ def get_config():
     # length shares one compiled shape of the sampler and the update (a new shape costs a trace and
     # a compile: tens of seconds on a CPU, ~45 s for a 0.5B model on a GPU).
     c.rollout.min_prompt_width = 128
+    # Continuous batching: decode a rollout's rows this many at a time, a finished row's slot refilled at
+    # once with the next row (same tokens and log-probs). 0: all rows at once; -1: as many as the KV
+    # caches of half the free device memory hold (README "Continuous batching").
+    c.rollout.decode_slots = 0
 
     c.reward = ml_collections.ConfigDict()
     c.reward.fn = "reasoning_gym"  # registry name(s) or "module.path:function"
