@@ -157,3 +157,26 @@ def test_bad_decode_slots_in_the_config(bad):
 
 def test_resume_accepts_a_new_decode_slots():
     assert refused([("rollout.decode_slots", 0, 16)], "") == []
+
+
+def test_trainer_and_eval_pass_decode_slots_on(monkeypatch):
+    """The trainer's sampler (`process_sampler`) and `gpg-em eval`'s chunks (`generate_all`) call `sample`
+    with decode_slots; a mesh of several devices refuses it in one line naming the key."""
+    import types
+    from gpg_em.eval import harness
+    from gpg_em.rollout.sharded import process_sampler
+    one = process_sampler(types.SimpleNamespace(mesh=types.SimpleNamespace(size=1)), 4, decode_slots=6)
+    assert one.func is sampler.sample and one.keywords == {"decode_slots": 6}
+    with pytest.raises(UserError, match=r"^rollout\.decode_slots=6: .*one device"):
+        process_sampler(types.SimpleNamespace(mesh=types.SimpleNamespace(size=2)), 4, decode_slots=6)
+    seen = []
+
+    def fake_generate(model, chunk, **kw):
+        seen.append(kw["sampler"])
+        n = len(chunk) * kw["num_samples"]
+        return types.SimpleNamespace(texts=[""] * n, mask=np.ones((n, 2)), entropies=np.zeros((n, 2)))
+    monkeypatch.setattr(harness, "generate", fake_generate)
+    decoding = harness.decoding_for("avg", 2)
+    harness.generate_all(types.SimpleNamespace(tokenizer=None), [[1, 2]] * 3, decoding, max_new_tokens=2, seed=0,
+                         rows_per_call=4, decode_slots=3)
+    assert len(seen) == 2 and all(s.func is sampler.sample and s.keywords == {"decode_slots": 3} for s in seen)

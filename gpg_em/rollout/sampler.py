@@ -17,6 +17,9 @@
   as they are on accelerators.
 * Decode stops when every row has produced a stop token, or after
   max_new_tokens.
+* `decode_slots` >= 1 (config `rollout.decode_slots`) decodes the rows that
+  many at a time instead, refilling a finished row's slot at once with the
+  next row (continuous batching, `slots.py`): same tokens and log-probs.
 * Compiled shapes: one (prefill, decode) pair per distinct
   (n, P, max_new_tokens, num_samples, cfg, sampling). Callers bucket P with
   `prompt_bucket` (powers of two >= 16, see there) so a stream of prompts of
