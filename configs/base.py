@@ -61,6 +61,10 @@ def get_config():
     # model's compute dtype, model.dtype) | "float32" | "bfloat16" (half the cache memory of a float32
     # model; attention still computes in the compute dtype with float32 scores). Changes what is sampled.
     c.rollout.kv_dtype = "auto"
+    # Continuous batching: decode a rollout's rows this many at a time, a finished row's slot refilled at
+    # once with the next row (same tokens and log-probs). 0: all rows at once; -1: as many as the KV
+    # caches of half the free device memory hold (README "Continuous batching").
+    c.rollout.decode_slots = 0
 
     c.reward = ml_collections.ConfigDict()
     c.reward.fn = "reasoning_gym"  # registry name(s) or "module.path:function"

@@ -181,6 +181,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
              f"{c.rollout.kv_dtype!r} is not auto, float32 or bfloat16")
     _require(c.rollout.temperature > 0, "rollout.temperature", f"must be > 0, got {c.rollout.temperature}")
     _require(0 < c.rollout.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {c.rollout.top_p}")
+    slots = c.rollout.decode_slots
+    _require(isinstance(slots, int) and -1 <= slots <= batch, "rollout.decode_slots",
+             f"{slots!r}: expected 0 (all rows at once), -1 (from free memory) or 1..{batch} "
+             "(the rollout's prompts_per_step*group_size rows)")
     _require(isinstance(c.host_mmap_threshold, int) and c.host_mmap_threshold >= 0, "host_mmap_threshold",
              f"must be a byte count >= 0 (0: glibc's default), got {c.host_mmap_threshold!r}")
     shape = c.mesh.shape

@@ -56,6 +56,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=0)
     s.add_argument("--sample-seed", type=int, default=0, help="decoding RNG seed")
     s.add_argument("--rows-per-call", type=int, default=64, help="completions per sampler call (memory)")
+    s.add_argument("--decode-slots", type=int, default=0,
+                   help="rows of a call decoded at once, continuous batching (0: all; -1: from free memory)")
     from gpg_em.decoding_args import add_decoding_args  # the --em-inf-* / --adaptive-* flags of `generate`
     add_decoding_args(s)  # --em-inf / --adaptive-temperature add the em_inf / adaptive modes
     g = e.add_argument_group("grading and output")
@@ -106,6 +108,9 @@ def check_flags(args) -> None:
     check_sampling_flags(args, "eval")
     if args.rows_per_call < 1:
         raise UserError(f"eval --rows-per-call {args.rows_per_call}: expected an integer >= 1")
+    if args.decode_slots < -1:
+        raise UserError(f"eval --decode-slots {args.decode_slots}: expected 0 (all rows at once), -1 (from free "
+                        "memory) or a slot count >= 1")
     if args.task_options:
         _task_options(args.task_options)
 
@@ -185,7 +190,7 @@ def run_eval(args) -> dict[str, Any]:
         model, entries, formatter=formatter, modes=modes, k=args.num_samples, max_new_tokens=args.max_new_tokens,
         seed=args.sample_seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, em_inf=em_inf,
         adaptive_temperature=adaptive, reward_fn=args.reward, extraction=extraction,
-        rows_per_call=args.rows_per_call, keep_texts=args.keep_texts)
+        rows_per_call=args.rows_per_call, decode_slots=args.decode_slots, keep_texts=args.keep_texts)
     out = {"model": info, "problems": problems, "formatter": dataclasses.asdict(formatter), "argv": sys.argv[1:],
            "results": results}
     if args.out:

@@ -28,6 +28,7 @@ leaves it out when there are several calls).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Sequence
 
@@ -36,7 +37,7 @@ import numpy as np
 from gpg_em.eval import metrics as M
 from gpg_em.models import Model
 from gpg_em.rewards import DEFAULT_EXTRACTION, build_rewards, compute_rewards, extract_answer, math_equal
-from gpg_em.rollout import AdaptiveTemperatureConfig, EMInfConfig, generate
+from gpg_em.rollout import AdaptiveTemperatureConfig, EMInfConfig, generate, sample
 
 MODES = ("greedy", "avg", "maj", "em_inf", "adaptive")
 CORRECT_THRESHOLD = 1.0  # a completion is correct when its task reward reaches this
@@ -100,8 +101,11 @@ def encode(tokenizer, texts: Sequence[str]) -> list:
 
 
 def generate_all(model: Model, prompts: Sequence[str], decoding: Decoding, *, max_new_tokens: int, seed: int,
-                 rows_per_call: int = 64) -> Generations:
+                 rows_per_call: int = 64, decode_slots: int = 0) -> Generations:
     """Runs `decoding` over all prompt texts in chunks of about `rows_per_call` rows.
+
+    `decode_slots` (0: all): rows of a chunk decoded at once (continuous batching, `sampler.sample`); it
+    changes no sample, while `rows_per_call` changes the chunks and so their seeds.
 
     Chunks hold a fixed number of prompts; the last one is padded by repeating
     its final prompt (results dropped) so it reuses the compiled shapes.
@@ -120,7 +124,8 @@ def generate_all(model: Model, prompts: Sequence[str], decoding: Decoding, *, ma
         out = generate(model, chunk, max_new_tokens=max_new_tokens, num_samples=K, temperature=decoding.temperature,
                        top_p=decoding.top_p, top_k=decoding.top_k, greedy=decoding.greedy,
                        seed=seed * 1_000_003 + c, chat_template=False, em_inf=decoding.em_inf,
-                       adaptive_temperature=decoding.adaptive_temperature)
+                       adaptive_temperature=decoding.adaptive_temperature,
+                       sampler=functools.partial(sample, decode_slots=decode_slots) if decode_slots else None)
         mask = np.asarray(out.mask[:real], np.float64)
         texts += list(out.texts[:real])
         lengths.append(mask.sum(1))
@@ -174,8 +179,8 @@ def evaluate_modes(model: Model, entries: Sequence[dict], *, formatter, modes: S
                    top_k: int = 0, em_inf: EMInfConfig | None = None,
                    adaptive_temperature: AdaptiveTemperatureConfig | None = None, reward_fn: str = "auto",
                    extraction: str = DEFAULT_EXTRACTION, rows_per_call: int = 64, timeout_s: float = 30.0,
-                   equal: Callable[[str, str], bool] = math_equal, keep_texts: bool = False
-                   ) -> dict[str, dict[str, Any]]:
+                   equal: Callable[[str, str], bool] = math_equal, keep_texts: bool = False,
+                   decode_slots: int = 0) -> dict[str, dict[str, Any]]:
     """{mode: result} for every mode; one generation per distinct decoding (avg and maj share)."""
     if not entries:
         raise ValueError("no problems to evaluate")
@@ -189,7 +194,7 @@ def evaluate_modes(model: Model, entries: Sequence[dict], *, formatter, modes: S
         shared = dec in done
         if not shared:
             gens = generate_all(model, prompts, dec, max_new_tokens=max_new_tokens, seed=seed,
-                                rows_per_call=rows_per_call)
+                                rows_per_call=rows_per_call, decode_slots=decode_slots)
             t0 = time.perf_counter()
             rewards, answers, reward_metrics = score(gens, entries, prompts, dec.num_samples, reward_fn=reward_fn,
                                                      extraction=extraction, timeout_s=timeout_s)

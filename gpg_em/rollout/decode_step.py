@@ -17,7 +17,8 @@ attention costs on CPU. (2) Every product is a plain batched matmul with
 the batch dimensions leading; the decoder's `[B, S, KVH, Dh]` layout makes
 XLA:CPU copy a transposed version of every layer's whole cache on every step.
 (3) The new key/value go in with one `dynamic_update_slice` each, at the
-same generated index for all rows. RoPE angles are computed once per step.
+same generated index for all rows (or, for continuous batching, where each
+row has its own index [B], a per-row scatter: `put_generated`). RoPE angles are computed once per step.
 (4) The generated slots are read in blocks, only those filled so far
 (`_gen_blocks`, an online softmax), so a step at generated index t costs
 attention over P + ~t slots whatever the budget N: a 4k budget does not make
@@ -127,6 +128,9 @@ def _gen_blocks(q_nxKxGxQxD, cache: KVCache, index, carry):
     """Folds the filled generated slots 0..index into the online-softmax state `carry` = (m, l, acc):
     running max m and normaliser l [n, K, G, Q] and unnormalised output acc [n, K, G, Q, Dh], float32.
 
+    `index`: [] (every row) or [n * G] (row b = i * G + j reads its slots 0..index[b]; the loop runs to the
+    largest, and a block past a row's index is fully masked for it, which leaves its (m, l, acc) exactly as
+    they were: scale e^0 = 1 and p = 0).
     Blocks of GEN_BLOCK slots, only the ceil((index + 1) / GEN_BLOCK) that hold a filled slot, so the
     cost of a step follows the length generated so far, not the cache's budget N. A last block that would
     run past N is read from N - T (dynamic_slice clamps); slots already folded in are masked by position.
@@ -136,6 +140,8 @@ def _gen_blocks(q_nxKxGxQxD, cache: KVCache, index, carry):
     n, K, G, Q, Dh = q_nxKxGxQxD.shape
     N = cache.gen_k_t.shape[-1]
     T = min(GEN_BLOCK, N)
+    # a scalar index (all rows alike) or one per row [n * G], as [n, 1, G, 1, 1] against s [n, K, G, Q, T]
+    last = index if jnp.ndim(index) == 0 else index.reshape(n, 1, G, 1, 1)
 
     def fold(b, carry):
         m, l, acc = carry
@@ -144,14 +150,14 @@ def _gen_blocks(q_nxKxGxQxD, cache: KVCache, index, carry):
         v = jax.lax.dynamic_slice_in_dim(cache.gen_v, start, T, axis=3)  # [n, K, G, T, Dh]
         s = jnp.einsum("nkgqd,nkgdt->nkgqt", q_nxKxGxQxD, k_t, preferred_element_type=jnp.float32) * Dh ** -0.5
         slot = start + jnp.arange(T)
-        s = jnp.where((slot >= b * T) & (slot <= index), s, _NEG)
+        s = jnp.where((slot >= b * T) & (slot <= last), s, _NEG)
         m_new = jnp.maximum(m, s.max(-1))
         p, scale = jnp.exp(s - m_new[..., None]), jnp.exp(m - m_new)
         pv = jnp.einsum("nkgqt,nkgtd->nkgqd", p.astype(_read_dtype(q_nxKxGxQxD, v)), v,
                         preferred_element_type=jnp.float32)
         return m_new, l * scale + p.sum(-1), acc * scale[..., None] + pv
 
-    return jax.lax.fori_loop(0, index // T + 1, fold, carry)
+    return jax.lax.fori_loop(0, jnp.max(index) // T + 1, fold, carry)
 
 
 def _attend(q_nxKxGxQxD, cache: KVCache, prompt_mask_nxP, index, dt):
@@ -174,6 +180,23 @@ def _attend(q_nxKxGxQxD, cache: KVCache, prompt_mask_nxP, index, dt):
     return (acc / l[..., None]).astype(dt)
 
 
+def put_generated(cache: KVCache, k_nxKxGxDh, v_nxKxGxDh, index) -> KVCache:
+    """The cache with row (i, j)'s new key/value at generated slot `index` ([] for all rows: one
+    `dynamic_update_slice`; [n * G]: row b = i * G + j at index[b], a per-row scatter)."""
+    k_new, v_new = k_nxKxGxDh.astype(cache.gen_k_t.dtype), v_nxKxGxDh.astype(cache.gen_v.dtype)
+    if jnp.ndim(index) == 0:
+        return cache._replace(
+            gen_k_t=jax.lax.dynamic_update_slice(cache.gen_k_t, k_new[..., None], (0, 0, 0, 0, index)),
+            gen_v=jax.lax.dynamic_update_slice(cache.gen_v, v_new[:, :, :, None, :], (0, 0, 0, index, 0)))
+    n, K, G, Dh = k_new.shape
+    i, j = jnp.arange(n)[:, None], jnp.arange(G)[None, :]
+    t = index.reshape(n, G)
+    # advanced indices (i, j, t) on axes 0, 2, 4 of [n, K, G, Dh, N]: the indexed view is [n, G, K, Dh]
+    gen_k_t = cache.gen_k_t.at[i, :, j, :, t].set(k_new.transpose(0, 2, 1, 3))
+    gen_v = cache.gen_v.at[i, :, j, t, :].set(v_new.transpose(0, 2, 1, 3))
+    return cache._replace(gen_k_t=gen_k_t, gen_v=gen_v)
+
+
 def _attention(lp, cfg: ModelConfig, h_DxB, cos, sin, prompt_mask_nxP, cache: KVCache, index):
     dt = _dtype(cfg)
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -188,11 +211,7 @@ def _attention(lp, cfg: ModelConfig, h_DxB, cos, sin, prompt_mask_nxP, cache: KV
     # columns b = (i, j) -> [n, K, G, ...], the cache's order
     k = k.reshape(K, Dh, n, G).transpose(2, 0, 3, 1)  # [n, K, G, Dh]
     v = v.reshape(K, Dh, n, G).transpose(2, 0, 3, 1)
-    gen_k_t = jax.lax.dynamic_update_slice(cache.gen_k_t, k[..., None].astype(cache.gen_k_t.dtype),
-                                           (0, 0, 0, 0, index))
-    gen_v = jax.lax.dynamic_update_slice(cache.gen_v, v[:, :, :, None, :].astype(cache.gen_v.dtype),
-                                         (0, 0, 0, index, 0))
-    cache = cache._replace(gen_k_t=gen_k_t, gen_v=gen_v)
+    cache = put_generated(cache, k, v, index)
     q = q.reshape(K, Q, Dh, n, G).transpose(3, 0, 4, 1, 2)  # [n, K, G, Q, Dh]
     out = _attend(q, cache, prompt_mask_nxP, index, dt)  # [n, K, G, Q, Dh]
     out = out.transpose(1, 3, 4, 0, 2).reshape(H * Dh, n * G)
@@ -220,6 +239,7 @@ def rope_cos_sin(cfg: ModelConfig, position_B):
 def step_hidden(params, cfg: ModelConfig, token_B, position_B, prompt_mask_nxP, cache: list[KVCache], index):
     """Final-norm hidden state, feature-major [D, B], of generated token `index` of every row (written at
     generated slot `index`, attending to its prompt's valid slots and generated slots <= index); new cache.
+    `index`: [] int32 (one for all rows) or [B] int32 (each row its own, continuous batching).
 
     `params` come from `decode_weights`.
     """

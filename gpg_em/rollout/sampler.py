@@ -17,6 +17,9 @@
   as they are on accelerators.
 * Decode stops when every row has produced a stop token, or after
   max_new_tokens.
+* `decode_slots` >= 1 (config `rollout.decode_slots`) decodes the rows that
+  many at a time instead, refilling a finished row's slot at once with the
+  next row (continuous batching, `slots.py`): same tokens and log-probs.
 * Compiled shapes: one (prefill, decode) pair per distinct
   (n, P, max_new_tokens, num_samples, cfg, sampling). Callers bucket P with
   `prompt_bucket` (powers of two >= 16, see there) so a stream of prompts of
@@ -100,11 +103,26 @@ def modify_logits(z_BxV: jnp.ndarray, sampling: SamplingConfig) -> jnp.ndarray:
     return z / adaptive_tau_newton(z, sampling.adaptive_temperature)[:, None]
 
 
-def _is_stop(token_B, sampling: SamplingConfig):
+def is_stop(token_B, sampling: SamplingConfig):
+    """[B] bool: the token is one of `sampling.stop_token_ids`."""
     stop = jnp.zeros(token_B.shape, bool)
     for s in sampling.stop_token_ids:
         stop |= token_B == s
     return stop
+
+
+def prompt_forward(params, prompt_ids_NxP, pmask_NxP, cfg: ModelConfig, sampling: SamplingConfig):
+    """(modified float32 logits [n, V] of each prompt's next token, the decoder's cache [n, P, KVH, Dh] per layer)."""
+    n, P = prompt_ids_NxP.shape
+    hidden, cache = Decoder(cfg).apply({"params": params}, prompt_ids_NxP, positions_from_mask(pmask_NxP),
+                                       pmask_NxP, init_cache(cfg, n, P, sampling.kv_dtype), 0)
+    # Left padding puts every prompt's last token at P - 1.
+    return modify_logits(head_logits(params, cfg, hidden[:, -1]), sampling), cache
+
+
+def first_tokens(z_NxV, rng, sampling: SamplingConfig, num_samples: int):
+    """(token, logp, entropy) [n * G] of token 0 of every row (prompt-major), drawn with fold_in(rng, 0)."""
+    return choose_tokens(jnp.repeat(z_NxV, num_samples, axis=0), jax.random.fold_in(rng, 0), sampling)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "max_new_tokens", "num_samples"))
@@ -114,19 +132,16 @@ def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, s
     n, P = prompt_ids_NxP.shape
     B, N, G = n * num_samples, max_new_tokens, num_samples
     pmask = prompt_mask_NxP.astype(bool)
-    hidden, cache = Decoder(cfg).apply({"params": params}, prompt_ids_NxP, positions_from_mask(pmask), pmask,
-                                       init_cache(cfg, n, P, sampling.kv_dtype), 0)
-    # Left padding puts every prompt's last token at P - 1.
-    z = modify_logits(head_logits(params, cfg, hidden[:, -1]), sampling)  # [n, V]
+    z, cache = prompt_forward(params, prompt_ids_NxP, pmask, cfg, sampling)
     repeat = lambda x: jnp.repeat(x, G, axis=0)
-    token, logp, ent = choose_tokens(repeat(z), jax.random.fold_in(rng, 0), sampling)
+    token, logp, ent = first_tokens(z, rng, sampling, G)
     return DecodeState(
         step=jnp.int32(1),
         tokens=jnp.full((B, N), sampling.pad_token_id, jnp.int32).at[:, 0].set(token),
         mask=jnp.zeros((B, N), jnp.int32).at[:, 0].set(1),
         logprobs=jnp.zeros((B, N), jnp.float32).at[:, 0].set(logp),
         entropies=jnp.zeros((B, N), jnp.float32).at[:, 0].set(ent),
-        done=_is_stop(token, sampling),
+        done=is_stop(token, sampling),
         last=token,
         positions=repeat(jnp.sum(pmask, axis=1, dtype=jnp.int32)),
         prompt_mask=pmask,
@@ -156,7 +171,7 @@ def _decode_step(params, state: DecodeState, cfg: ModelConfig, sampling: Samplin
         mask=put(state.mask, live),
         logprobs=put(state.logprobs, jnp.where(live, logp, 0.)),
         entropies=put(state.entropies, jnp.where(live, ent, 0.)),
-        done=state.done | _is_stop(token, sampling),
+        done=state.done | is_stop(token, sampling),
         last=token,
         positions=state.positions + 1,
         cache=cache,
@@ -231,7 +246,8 @@ def decode_weights_for(params, cfg: ModelConfig, kv_dtype: str = "auto"):
 
 
 def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sampling: SamplingConfig,
-           max_new_tokens: int, num_samples: int = 1, compact_min_rows: int = COMPACT_MIN_ROWS) -> SampleOutput:
+           max_new_tokens: int, num_samples: int = 1, compact_min_rows: int = COMPACT_MIN_ROWS,
+           decode_slots: int = 0) -> SampleOutput:
     """Samples `num_samples` completions per left-padded prompt. Pure; returns device arrays [n * G, N].
 
     Recorded log-probs/entropies: see `gpg_em.rollout.sampling` (equal to
@@ -245,7 +261,17 @@ def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sa
     to 128). The results are those of the uncompacted run (each row's draws
     follow its original index); the batch sizes are B, B/2, B/4, ... down to
     `compact_min_rows`: a bounded set of compiled shapes.
+
+    `decode_slots` (config `rollout.decode_slots`): 0 decodes all rows at once as above; S >= 1 decodes
+    them S at a time with continuous batching (`slots.sample_in_slots`: same tokens and log-probs),
+    -1 chooses S from free memory (`slots.resolve_slots`).
     """
+    if decode_slots:
+        from gpg_em.rollout import slots  # (slots builds on this module's prefill pieces)
+        S = slots.resolve_slots(decode_slots, cfg, prompt_ids_NxP.shape[0] * num_samples,
+                                prompt_ids_NxP.shape[1], max_new_tokens)
+        return slots.sample_in_slots(params, prompt_ids_NxP, prompt_mask_NxP, rng, cfg=cfg, sampling=sampling,
+                                     max_new_tokens=max_new_tokens, num_samples=num_samples, slots=S)
     state = prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, cfg=cfg, sampling=sampling,
                     max_new_tokens=max_new_tokens, num_samples=num_samples)
     if max_new_tokens == 1:  # (saves compiling a loop that would not run)

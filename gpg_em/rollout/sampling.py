@@ -149,14 +149,26 @@ def categorical_inverse_cdf(weights_BxV: jnp.ndarray, uniform_B: jnp.ndarray) ->
     return block * _BLOCK + offset
 
 
+def row_uniforms(rng: jax.Array, steps_B: jnp.ndarray, row_ids_B: jnp.ndarray, total_rows: int) -> jnp.ndarray:
+    """[B] float32: row b's uniform for its token steps[b], uniform(fold_in(rng, steps[b]), [total_rows])[row_ids[b]].
+
+    The draw `choose_tokens` makes for row `row_ids[b]` at step `steps[b]` when every row of the batch is at the
+    same step, here with each row at its own step (continuous batching refills a slot with a row that starts
+    at token 0 while the others are further on). Costs B * total_rows uniforms.
+    """
+    one = lambda t, r: jax.random.uniform(jax.random.fold_in(rng, t), (total_rows,), jnp.float32)[r]
+    return jax.vmap(one)(steps_B, row_ids_B)
+
+
 def choose_tokens(z_BxV: jnp.ndarray, rng: jax.Array, sampling: SamplingConfig, row_ids_B=None,
-                  total_rows: int = 0):
+                  total_rows: int = 0, uniform_B=None):
     """(token [B] int32, logp [B], entropy [B]) for one step of float32 logits z (already EM-INF'd).
 
     logp/entropy are of softmax(z / temperature), untruncated (module docstring).
     Row b draws uniform `row_ids[b]` of the step's `total_rows` uniforms
     (default: row b of B), so a row's draw does not depend on which other
     rows share the batch (the sampler drops finished rows mid-decode).
+    `uniform_B` given: the rows' uniforms as they are (`row_uniforms`); `rng` is then unused.
     """
     z = z_BxV if sampling.temperature == 1.0 else z_BxV / sampling.temperature
     stats = softmax_stats(z)
@@ -168,8 +180,10 @@ def choose_tokens(z_BxV: jnp.ndarray, rng: jax.Array, sampling: SamplingConfig, 
             zt = top_k_filter(z, sampling.top_k) if sampling.top_k else z
             zt = top_p_filter(zt, sampling.top_p) if sampling.top_p < 1.0 else zt
             weights = jnp.where(jnp.isfinite(zt), stats.expz, 0.)
-        uniform = jax.random.uniform(rng, (total_rows or z.shape[0],), jnp.float32)
-        uniform = uniform if row_ids_B is None else uniform[row_ids_B]
+        if uniform_B is None:
+            uniform_B = jax.random.uniform(rng, (total_rows or z.shape[0],), jnp.float32)
+            uniform_B = uniform_B if row_ids_B is None else uniform_B[row_ids_B]
+        uniform = uniform_B
         token = categorical_inverse_cdf(weights, uniform)
     logp, entropy = logprob_entropy(stats, token)
     return token, logp, entropy

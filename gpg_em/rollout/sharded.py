@@ -25,6 +25,7 @@ import numpy as np
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gpg_em.errors import UserError
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.model import init_params
 from gpg_em.parallel import (agree_max, all_rows, batch_sharding, fit_sharding, fit_shardings, global_batch,
@@ -105,15 +106,19 @@ class ShardedSampler:
         return SampleOutput(state.tokens, state.mask, state.logprobs, state.entropies)
 
 
-def process_sampler(sharded: ShardedSampler, global_n: int | None = None):
+def process_sampler(sharded: ShardedSampler, global_n: int | None = None, decode_slots: int = 0):
     """A function with `sampler.sample`'s signature for this process's prompts on the mesh.
 
     Each process passes its own `process_slice` of `global_n` prompts (all of them when `global_n` is
     None, e.g. evaluation prompts every process holds) and gets its own rows back as host arrays. Prompt
     widths are padded to the widest over processes. On a 1-device mesh it is plain `sampler.sample`
-    (which keeps the single-CPU decode layout)."""
+    (which keeps the single-CPU decode layout) with `decode_slots` (continuous batching); on a larger
+    mesh continuous batching is not available and `decode_slots` must be 0."""
     if sharded.mesh.size == 1:
-        return sampler.sample
+        return functools.partial(sampler.sample, decode_slots=decode_slots) if decode_slots else sampler.sample
+    if decode_slots:
+        raise UserError(f"rollout.decode_slots={decode_slots}: continuous batching runs on one device; this "
+                        f"mesh has {sharded.mesh.size} (set rollout.decode_slots=0)")
 
     def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg, sampling, max_new_tokens, num_samples=1):
         del cfg  # the sharded sampler's

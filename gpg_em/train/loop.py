@@ -64,8 +64,9 @@ class Trainer:
         self._timing = dict(sample_seconds=0.0, reward_seconds=0.0, logprob_seconds=0.0)  # of the current step
         # Multi-host: every process walks the same prompt order and keeps its own rows of each batch.
         self.rows = process_slice(self.run.mesh, c.rollout.prompts_per_step)
-        self.sampler = process_sampler(self.run.sampler, c.rollout.prompts_per_step)
-        self.eval_sampler = process_sampler(self.run.sampler)  # every process holds all eval prompts
+        self.sampler = process_sampler(self.run.sampler, c.rollout.prompts_per_step, c.rollout.decode_slots)
+        # every process holds all eval prompts
+        self.eval_sampler = process_sampler(self.run.sampler, decode_slots=c.rollout.decode_slots)
         self.tokenizer = self.run.model.tokenizer
         self.formatter = PromptFormatter(system_prompt=c.data.system_prompt or None,
                                          instruction=c.data.instruction or None)

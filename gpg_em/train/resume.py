@@ -21,7 +21,7 @@ from gpg_em.errors import UserError
 # Key prefixes that do not change what is trained (DESIGN.md: train.* layouts are exact).
 FREE = ("total_steps", "checkpoint_every", "eval_every", "keep_checkpoints", "compilation_cache_dir",
         "host_mmap_threshold", "mesh.", "distributed.", "train.", "eval.", "reward.timeout_s",
-        "reward.max_failure_fraction", "resume.")
+        "reward.max_failure_fraction", "resume.", "rollout.decode_slots")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
