@@ -107,6 +107,29 @@ def real_tokens(out_ids, width: int, stop_ids) -> int:
     return int(total)
 
 
+def time_alternately(runners, repeats: int):
+    """Warms each runner (seed 0; a runner returns its real token count), then times them in turn, seeds
+    1..repeats. -> ({name: [seconds per token]}, {name: [tokens]}, [other processes' cores per call])."""
+    for name, fn in runners.items():
+        t = time.perf_counter()
+        n = fn(0)
+        print(f"warm-up {name}: {time.perf_counter() - t:.1f} s ({n} tokens)", flush=True)
+    per_token, tokens, others = {k: [] for k in runners}, {k: [] for k in runners}, []
+    for r in range(repeats):
+        line = []
+        for name, fn in runners.items():
+            b, c, t = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+            n = fn(r + 1)
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+            others.append(max(busy_cpu_seconds() - b - cpu, 0.0) / wall)
+            per_token[name].append(wall / n)
+            tokens[name].append(n)
+            line.append(f"{name} {n / wall:.0f} tok/s ({n} tok, {wall:.0f} s)")
+        print(f"repeat {r}: " + "  ".join(line) + f"  other processes {np.mean(others[-len(runners):]):.2f} cores",
+              flush=True)
+    return per_token, tokens, others
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--prompts", type=int, default=4)
@@ -163,23 +186,7 @@ def main():
         runners["reference"] = reference
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    for name, fn in runners.items():
-        t = time.perf_counter()
-        fn(0)
-        print(f"warm-up {name}: {time.perf_counter() - t:.1f} s", flush=True)
-    per_token = {k: [] for k in runners}  # seconds per real token, per repeat
-    others = []
-    for r in range(a.repeats):
-        line = []
-        for name, fn in runners.items():
-            b, c, t = busy_cpu_seconds(), time.process_time(), time.perf_counter()
-            n = fn(r + 1)
-            wall, cpu = time.perf_counter() - t, time.process_time() - c
-            others.append(max(busy_cpu_seconds() - b - cpu, 0.0) / wall)
-            per_token[name].append(wall / n)
-            line.append(f"{name} {n / wall:.0f} tok/s ({n} tok)")
-        print(f"repeat {r}: " + "  ".join(line) + f"  other processes {np.mean(others[-len(runners):]):.2f} cores",
-              flush=True)
+    per_token, _, others = time_alternately(runners, a.repeats)
 
     print(f"\nworkload: {a.prompts} prompts x {a.samples} samples, <= {N} new tokens, natural stop, vocab "
           f"{cfg.vocab_size}, float32, temperature 1, prompt width {prompt_ids.shape[1]}")

@@ -33,8 +33,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from decoding_methods import real_tokens  # noqa: E402
-from sampler import busy_cpu_seconds, load_torch_model  # noqa: E402
+from decoding_methods import real_tokens, time_alternately  # noqa: E402
+from sampler import load_torch_model  # noqa: E402
 
 from gpg_em.models import load_pretrained  # noqa: E402
 from gpg_em.models.loading import builtin_path  # noqa: E402
@@ -98,25 +98,7 @@ def main():
         runners["transformers"] = theirs
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    for name, fn in runners.items():
-        t = time.perf_counter()
-        n = fn(0)
-        print(f"warm-up {name}: {time.perf_counter() - t:.1f} s ({n} tokens)", flush=True)
-    per_token = {k: [] for k in runners}
-    tokens = {k: [] for k in runners}
-    others = []
-    for r in range(a.repeats):
-        line = []
-        for name, fn in runners.items():
-            b, c, t = busy_cpu_seconds(), time.process_time(), time.perf_counter()
-            n = fn(r + 1)
-            wall, cpu = time.perf_counter() - t, time.process_time() - c
-            others.append(max(busy_cpu_seconds() - b - cpu, 0.0) / wall)
-            per_token[name].append(wall / n)
-            tokens[name].append(n)
-            line.append(f"{name} {n / wall:.0f} tok/s ({n} tok, {wall:.0f} s)")
-        print(f"repeat {r}: " + "  ".join(line) + f"  other processes {np.mean(others[-len(runners):]):.2f} cores",
-              flush=True)
+    per_token, tokens, others = time_alternately(runners, a.repeats)
 
     kind = "forced full length" if a.forced else "natural stop"
     print(f"\nworkload: {a.prompts} prompts x {a.samples} samples, budget {a.budget} new tokens, {kind}, "

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from study_stats import Interval, bootstrap_mean, paired_difference
+from sweep import read_records
 
 RUN_FILES = ("metrics.jsonl", "config.json", "test_eval.json")
 BASE_FILES = ("base_test_eval.json", "base_decoding.json")
@@ -47,17 +48,6 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
 def load_runs(task_root: str) -> list[dict[str, Any]]:
     """One dict per run folder: method, lr, seed, metrics records, test eval (or None)."""
     runs = []
@@ -67,7 +57,7 @@ def load_runs(task_root: str) -> list[dict[str, Any]]:
             continue
         test = os.path.join(run_dir, "test_eval.json")
         runs.append(dict(method=m["method"], lr=float(m["lr"]), seed=int(m["seed"]),
-                         records=read_jsonl(os.path.join(run_dir, "metrics.jsonl")),
+                         records=read_records(os.path.join(run_dir, "metrics.jsonl")),
                          test=read_json(test) if os.path.isfile(test) else None))
     return runs
 
