@@ -6,11 +6,14 @@ lengths with empty slots between groups. The references are the per-row
 forward `completion_logprobs` on the expanded [B, P + N] rows (checked against
 transformers elsewhere) and the unblocked packed form (`attention_block=0`).
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gpg_em.configuration import ConfigError, get
 from gpg_em.models import ModelConfig, completion_logprobs, grouped_completion_logprobs, init_params
 from gpg_em.models.shared_prefix import packed_width, packing_index, shared_prefix_hidden
 
@@ -83,3 +86,10 @@ def test_blocked_hidden_states_match_unblocked_at_packed_tokens():
     assert valid.sum() == cmask.sum() and not valid.all()
     np.testing.assert_allclose(np.asarray(h_b)[valid], np.asarray(h_r)[valid], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(last_b), np.asarray(last_r), rtol=1e-5, atol=1e-6)
+
+
+def test_negative_attention_block_is_refused_with_the_key():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with pytest.raises(ConfigError, match="train.attention_block"):
+        get(os.path.join(root, "configs", "tiny.py"), [("train.attention_block", "-1")])
+    assert get(os.path.join(root, "configs", "tiny.py"), []).train.attention_block == 512
