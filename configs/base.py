@@ -113,8 +113,12 @@ def get_config():
     # backward pass (one more forward). scan_layers + remat keeps only each layer's input: 1.1 instead
     # of 3.7 GiB of update temporaries for a group of 8 x 128 tokens of SmolLM2-135M, and the least
     # compile time. Unrolled without remat (both false) has the fastest steps and ~1.5x the memory.
+    # attention_block: with completions longer than this many tokens (rollout.max_new_tokens), the packed
+    # completion attention runs in query blocks of this many slots with an online softmax (exact): its
+    # memory follows the block, not the square of the completion length (README "Long completions");
+    # 0: one block of max_new_tokens slots against a window of twice that, at any length.
     c.train = ml_collections.ConfigDict(dict(micro_batch_size=0, chunk_size=128, share_prompts=True, pack=True,
-                                             pack_multiple=128, scan_layers=True, remat=True))
+                                             pack_multiple=128, scan_layers=True, remat=True, attention_block=512))
     c.eval = ml_collections.ConfigDict(dict(num_prompts=64, max_new_tokens=96, greedy=True))
     # Device mesh over (data, fsdp, tensor); -1 takes the remaining devices (README "Scale-out").
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))

@@ -147,6 +147,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(mb >= 0 and (mb == 0 or batch % mb == 0), "train.micro_batch_size",
              f"{mb} does not divide the batch of prompts_per_step*group_size = {batch} rows")
     _require(c.train.pack_multiple >= 1, "train.pack_multiple", f"must be >= 1, got {c.train.pack_multiple}")
+    _require(c.train.attention_block >= 0, "train.attention_block",
+             f"must be >= 0 (0: unblocked), got {c.train.attention_block}")
     _require(not c.train.share_prompts or mb % c.rollout.group_size == 0, "train.micro_batch_size",
              f"{mb} must be a multiple of rollout.group_size = {c.rollout.group_size} with train.share_prompts "
              "(each group's prompt is computed once)")

@@ -98,10 +98,11 @@ def _unpack_slots(pack_index_mxL, width: int):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "group_size", "temperature", "chunk_size", "remat",
-                                                  "scan_layers"))
+                                                  "scan_layers", "attention_block"))
 def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt_mask_BxP, completion_ids_BxN,
                                 pack_index_mxL=None, *, group_size: int, temperature: float = 1.0,
-                                chunk_size: int = 128, remat: bool = False, scan_layers: bool = True):
+                                chunk_size: int = 128, remat: bool = False, scan_layers: bool = True,
+                                attention_block: int = 0):
     """`completion_logprobs` for rows in groups of `group_size` sharing a prompt, each prompt computed once.
 
     Rows b = i * G + g (prompt-major, as the sampler orders them); only row
@@ -110,7 +111,7 @@ def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt
     rows of each lane's groups end to end without their padding; without it
     every position is, one group per lane. Same (logp, entropy) [B, N] as the
     per-row function at the valid positions, up to float rounding
-    (gpg_em.models.shared_prefix).
+    (gpg_em.models.shared_prefix). `attention_block` as in `shared_prefix_hidden`.
     """
     B, N = completion_ids_BxN.shape
     G = group_size
@@ -121,7 +122,8 @@ def grouped_completion_logprobs(params, cfg: ModelConfig, prompt_ids_BxP, prompt
     tokens = jnp.take_along_axis(completion_ids_BxN.reshape(m, B // m * N), safe, axis=1)
     row, pos = jnp.where(index >= 0, index // N, -1), safe % N
     h_last, h_c = shared_prefix_hidden(params, cfg, prompt_ids_BxP[::G], prompt_mask_BxP[::G], tokens, row, pos,
-                                       window=N, group_size=G, remat=remat, scan_layers=scan_layers)
+                                       window=N, group_size=G, remat=remat, scan_layers=scan_layers,
+                                       attention_block=attention_block)
     # slot t is predicted by slot t-1 of its row, a row's first token by its group's last prompt slot
     prev = jnp.concatenate([h_c[:, :1], h_c[:, :-1]], axis=1)
     h = jnp.where((pos == 0)[..., None], gather_groups(h_last, slot_groups(row, G)), prev)

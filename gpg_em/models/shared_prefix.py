@@ -19,7 +19,11 @@ prompt); `identity_packing` packs all G * N positions of one group per lane.
 Prompt slot s has position cumsum(prompt_mask)[s] - 1; completion token j has
 position L_p + j, L_p the group's prompt length, as `positions_from_mask`
 gives over the concatenated row. A completion token attends to its group's
-valid prompt slots and to the earlier tokens of its own row.
+valid prompt slots and to the earlier tokens of its own row: for blocks of N
+slots against the window of 2N slots ending with the block
+(`_completion_attention`, O(N^2) scores a block), or with `attention_block`
+= Cq < N in query blocks of Cq slots with an online softmax over key blocks
+(gpg_em.models.blocked_attention, O(Cq * (P + Cq)) a step), the same values.
 
 The layer maths is the decoder's (gpg_em.models.decoder), written over the
 params tree: RMSNorm in float32, optional q/k norm, RoPE, grouped-query
@@ -27,12 +31,14 @@ attention with a float32 softmax, SwiGLU MLP.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpg_em.models.blocked_attention import blocked_completion_attention
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.decoder import _dtype
 from gpg_em.models.model import positions_from_mask
@@ -152,15 +158,46 @@ def gather_groups(x_nx, group_mxK):
     return jax.vmap(lambda xs, i: xs[i])(lanes, group_mxK)
 
 
-def block(lp, cfg: ModelConfig, x_p, x_c, pos_p, pos_c, allowed_p, block_prompt_mask, allowed_c, block_group):
-    """One decoder layer over prompts x_p [n, P, D] and packed completions x_c [m, L, D]; block_group
-    [m, L/Cp] is the lane-local group of each prompt block, block_prompt_mask [m, L/Cp, P] its prompt mask."""
+def _lanes(x_nx, m: int):
+    """[n, ...] per group -> [m, n/m, ...]: each lane's groups."""
+    return x_nx.reshape(m, x_nx.shape[0] // m, *x_nx.shape[1:])
+
+
+def _attend_completions(q_c, k_p, v_p, k_c, v_c, layout, dt, *, window: int, query_block: int):
+    """Completion attention [m, L, K, g, Dh] in the form `layout` was made for (`completion_layout`)."""
+    m = q_c.shape[0]
+    if query_block:
+        return blocked_completion_attention(q_c, _lanes(k_p, m), _lanes(v_p, m), k_c, v_c, layout["prompt_mask"],
+                                            layout["row"], layout["group"], window=window, query_block=query_block,
+                                            prompt_block=prompt_block(window), dt=dt)
+    group = layout["block_group"]
+    return _completion_attention(q_c, gather_groups(k_p, group), gather_groups(v_p, group), k_c, v_c,
+                                 layout["block_prompt_mask"], layout["allowed"], dt)
+
+
+def completion_layout(row_mxL, prompt_mask_nxP, *, group_size: int, window: int, query_block: int) -> dict:
+    """What the completion attention reads besides q, k, v. query_block 0 (one block of `window` slots
+    against a window of 2 * window: `_completion_attention`): block_group [m, L/Cp] the lane-local group
+    of each prompt block, block_prompt_mask [m, L/Cp, P] its prompt mask, allowed the window mask.
+    query_block > 0 (`blocked_completion_attention`): row, group [m, L] and prompt_mask [m, n/m, P]."""
+    m, L = row_mxL.shape
+    group = slot_groups(row_mxL, group_size)
+    if query_block:
+        return dict(row=row_mxL, group=group, prompt_mask=_lanes(prompt_mask_nxP, m))
+    Cp = prompt_block(window)
+    block_group = group.reshape(m, L // Cp, Cp).max(axis=-1)  # empty slots read group 0: max is the block's group
+    return dict(block_group=block_group, block_prompt_mask=gather_groups(prompt_mask_nxP, block_group),
+                allowed=completion_window_mask(row_mxL, window))
+
+
+def block(lp, cfg: ModelConfig, x_p, x_c, pos_p, pos_c, allowed_p, layout, *, window: int, query_block: int = 0):
+    """One decoder layer over prompts x_p [n, P, D] and packed completions x_c [m, L, D]; `layout`
+    (`completion_layout`) is what the completion attention reads, in the form query_block selects."""
     dt, eps = _dtype(cfg), cfg.rms_norm_eps
     q_p, k_p, v_p = _qkv(lp["attn"], cfg, _norm(x_p, lp["input_norm"]["scale"], eps, dt), pos_p)
     q_c, k_c, v_c = _qkv(lp["attn"], cfg, _norm(x_c, lp["input_norm"]["scale"], eps, dt), pos_c)
     o_p = _prompt_attention(q_p, k_p, v_p, allowed_p, dt)
-    o_c = _completion_attention(q_c, gather_groups(k_p, block_group), gather_groups(v_p, block_group), k_c, v_c,
-                                block_prompt_mask, allowed_c, dt)
+    o_c = _attend_completions(q_c, k_p, v_p, k_c, v_c, layout, dt, window=window, query_block=query_block)
     x_p = x_p + _linear(lp["attn"]["o_proj"], o_p.reshape(*x_p.shape[:2], -1), dt)
     x_c = x_c + _linear(lp["attn"]["o_proj"], o_c.reshape(*x_c.shape[:2], -1), dt)
     post = lambda x: _mlp(lp["mlp"], _norm(x, lp["post_attn_norm"]["scale"], eps, dt), dt)
@@ -237,7 +274,8 @@ def slot_groups(row_mxL, G: int):
 
 
 def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_nxP, tokens_mxL, row_mxL, pos_mxL,
-                         *, window: int, group_size: int, remat: bool = False, scan_layers: bool = True):
+                         *, window: int, group_size: int, remat: bool = False, scan_layers: bool = True,
+                         attention_block: int = 0):
     """Final-norm hidden states: (last prompt slot [n, D], packed completion slots [m, L, D]).
 
     Packed slot t of lane k holds token `tokens[k, t]` of lane row `row[k, t]`
@@ -253,24 +291,25 @@ def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_n
     pass recomputes one layer at a time (unrolled, XLA may schedule every
     layer's recomputation at once, which keeps most of the memory remat
     should save). Unrolled without remat is the fastest on a CPU (no stacked copy).
+    `attention_block` = Cq with 0 < Cq < window: the completion attention runs in query blocks of Cq
+    slots with an online softmax (`blocked_completion_attention`), memory O(Cq * (P + Cq)) a step
+    instead of O(window * 2 * window) per block of window slots; 0 or >= window: the latter form.
     """
     dt, eps = _dtype(cfg), cfg.rms_norm_eps
-    P, (m, L) = prompt_ids_nxP.shape[1], tokens_mxL.shape
+    P = prompt_ids_nxP.shape[1]
     pmask = prompt_mask_nxP.astype(bool)
     pos_p = positions_from_mask(pmask)
-    group = slot_groups(row_mxL, group_size)
-    pos_c = gather_groups(pmask.sum(axis=1).astype(jnp.int32), group) + pos_mxL
-    Cp = prompt_block(window)
-    block_group = group.reshape(m, L // Cp, Cp).max(axis=-1)  # empty slots read group 0: max is the block's group
-    block_pmask = gather_groups(pmask, block_group)
+    pos_c = gather_groups(pmask.sum(axis=1).astype(jnp.int32), slot_groups(row_mxL, group_size)) + pos_mxL
+    query_block = attention_block if 0 < attention_block < window else 0
+    layout = completion_layout(row_mxL, pmask, group_size=group_size, window=window, query_block=query_block)
     allowed_p = jnp.tril(jnp.ones((P, P), bool))[None] & pmask[:, None, :]
-    allowed_c = completion_window_mask(row_mxL, window)
     embed = lambda ids: jnp.take(params["embed"], ids, axis=0).astype(dt)
     x_p, x_c = embed(prompt_ids_nxP), embed(tokens_mxL)
-    layer = jax.checkpoint(block, static_argnums=(1,)) if remat else block
+    layer = functools.partial(block, window=window, query_block=query_block)
+    layer = jax.checkpoint(layer, static_argnums=(1,)) if remat else layer
 
     def body(x, lp):
-        return layer(lp, cfg, *x, pos_p, pos_c, allowed_p, block_pmask, allowed_c, block_group), None
+        return layer(lp, cfg, *x, pos_p, pos_c, allowed_p, layout), None
     if scan_layers:
         (x_p, x_c), _ = jax.lax.scan(body, (x_p, x_c), stacked_layers(params, cfg.num_layers))
     else:

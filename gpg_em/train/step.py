@@ -46,6 +46,9 @@ class StepConfig:
     prompt_group_size: int = 0
     remat: bool = False  # recompute each layer in the backward pass (grouped forward only)
     scan_layers: bool = True  # grouped forward only: the layers in a lax.scan (shared_prefix_hidden)
+    # grouped forward only: completion attention in query blocks of this many slots when the
+    # completions are longer (shared_prefix_hidden's attention_block); 0: one block of N slots
+    attention_block: int = 0
     # grouped forward only: batches carry `pack_index` [m, L] (`pack_lanes`) and the groups' valid
     # completion tokens are computed end to end, without the padding after each row's stop token
     pack: bool = False
@@ -60,6 +63,7 @@ class StepConfig:
         """The step options of a run config (train.*, rollout.temperature / group_size)."""
         return cls(objective, micro_batch_size=c.train.micro_batch_size, temperature=c.rollout.temperature,
                    chunk_size=c.train.chunk_size, remat=c.train.remat, scan_layers=c.train.scan_layers,
+                   attention_block=c.train.attention_block,
                    prompt_group_size=c.rollout.group_size if c.train.share_prompts else 0,
                    pack=bool(c.train.share_prompts and c.train.pack and c.rollout.group_size > 1),
                    mini_batches=c.ppo.mini_batches)
@@ -88,22 +92,24 @@ def _split(rows, parts: int) -> dict:
 
 
 def _row_logprobs(params, cfg: ModelConfig, rows, *, temperature: float, chunk_size: int, prompt_group_size: int,
-                  remat: bool, scan_layers: bool):
+                  remat: bool, scan_layers: bool, attention_block: int = 0):
     """(logp, entropy) [B, N] of some rows, prompts shared per group when prompt_group_size > 1."""
     if prompt_group_size > 1:
         return grouped_completion_logprobs(params, cfg, rows["prompt_ids"], rows["prompt_mask"],
                                            rows["completion_ids"], rows.get("pack_index"), group_size=prompt_group_size,
                                            temperature=temperature, chunk_size=chunk_size, remat=remat,
-                                           scan_layers=scan_layers)
+                                           scan_layers=scan_layers, attention_block=attention_block)
     return completion_logprobs(params, cfg, rows["prompt_ids"], rows["prompt_mask"], rows["completion_ids"],
                                rows["completion_mask"], temperature=temperature, chunk_size=chunk_size)
 
 
 def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, temperature: float,
-                   chunk_size: int, prompt_group_size: int = 0, remat: bool = False, scan_layers: bool = True):
+                   chunk_size: int, prompt_group_size: int = 0, remat: bool = False, scan_layers: bool = True,
+                   attention_block: int = 0):
     """(logp, entropy) [B, N] of the batch's completions, micro-batch by micro-batch."""
     one = lambda p, rows: _row_logprobs(p, cfg, rows, temperature=temperature, chunk_size=chunk_size,
-                                        prompt_group_size=prompt_group_size, remat=remat, scan_layers=scan_layers)
+                                        prompt_group_size=prompt_group_size, remat=remat, scan_layers=scan_layers,
+                                        attention_block=attention_block)
     rows = _rows(batch)
     B = rows["prompt_ids"].shape[0]
     mb = micro_batch_size or B
@@ -121,7 +127,7 @@ def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, te
 
 def _sc_options(sc: StepConfig) -> dict:
     return dict(temperature=sc.temperature, chunk_size=sc.chunk_size, prompt_group_size=sc.prompt_group_size,
-                remat=sc.remat, scan_layers=sc.scan_layers)
+                remat=sc.remat, scan_layers=sc.scan_layers, attention_block=sc.attention_block)
 
 
 def rollout_mismatch(logp_train_BxN, batch) -> dict:
