@@ -1,4 +1,12 @@
-"""The decoder: one Flax Linen implementation for Llama, Qwen2 and Qwen3.
+"""The decoder: Llama, Qwen2 and Qwen3 over whole sequences or a KV cache (training's per-row path, prefill).
+
+Flax declares and initialises the parameters and nothing else: each layer's
+parameters come from `layer.layer_spec` (via `ParamTree`) and the forward
+runs `layer.layer` on them in the token-major layout with the masked
+attention below, the same function the shared-prefix forward and the decode
+step run. Keeping Linen submodules with their own `__call__` would keep a
+second copy of the layer maths; declaration-only modules keep the params
+tree (`layers_0/attn/q_proj/kernel`, ...) and its metadata as they were.
 
 Every parameter dimension carries a logical axis name (`vocab`, `embed`,
 `heads`, `kv_heads`, `mlp`, `head_dim`, `norm`), and so do the activations
@@ -23,8 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from gpg_em.models.config import ModelConfig
-from gpg_em.models.rope import apply_rope, inverse_frequencies
-from gpg_em.parallel.mesh import constrain
+from gpg_em.models.layer import ParamSpec, TokenMajor, compute_dtype, layer, layer_spec, norm_spec
 
 _NEG = -1e30  # finite, so a fully masked row is uniform rather than NaN
 
@@ -34,8 +41,7 @@ class LayerCache(NamedTuple):
     v: jnp.ndarray  # [B, S, KVH, Dh]
 
 
-def _dtype(cfg: ModelConfig):
-    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+_dtype = compute_dtype
 
 
 KV_DTYPES = ("auto", "float32", "bfloat16")
@@ -56,36 +62,31 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, kv_dtype: str = "auto
     return [LayerCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.num_layers)]
 
 
-class Linear(nn.Module):
-    features: int
-    axes: tuple[str, str]
-    use_bias: bool = False
+_INITS = {"normal": nn.initializers.normal(0.02), "zeros": nn.initializers.zeros, "ones": nn.initializers.ones}
+
+
+class ParamTree(nn.Module):
+    """Declares the parameters of `spec` (nested (name, subtree) pairs, leaves `layer.ParamSpec`), each with
+    its logical axes, and returns them as a nested dict. Nested names become submodules, so the params tree
+    is `layers_0/attn/q_proj/kernel` etc., as Linear/RMSNorm submodules would lay it out."""
+    spec: tuple
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
-        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), self.axes)
-        kernel = self.param("kernel", init, (x.shape[-1], self.features), self.dtype)
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-        if self.use_bias:
-            bias_init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:])
-            y = y + self.param("bias", bias_init, (self.features,), self.dtype).astype(self.dtype)
-        return y
+    def __call__(self):
+        out = {}
+        for name, node in self.spec:
+            if isinstance(node, ParamSpec):
+                init = nn.with_logical_partitioning(_INITS[node.init], node.axes)
+                out[name] = self.param(name, init, node.shape, self.dtype)
+            else:
+                out[name] = ParamTree(node, self.dtype, name=name)()
+        return out
 
 
-class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * scale, computed in float32 (as HF does)."""
-    eps: float
-    axis_name: str = "norm"
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        init = nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,))
-        scale = self.param("scale", init, (x.shape[-1],), self.dtype)
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
+def _frozen(spec: dict) -> tuple:
+    """A `layer_spec` dict as nested (name, subtree) pairs: hashable, as Flax module fields should be."""
+    return tuple((k, v if isinstance(v, ParamSpec) else _frozen(v)) for k, v in spec.items())
 
 
 def attention_weights(q_BxTxKxGxD, k_BxSxKxD, allowed_BxTxS):
@@ -97,59 +98,23 @@ def attention_weights(q_BxTxKxGxD, k_BxSxKxD, allowed_BxTxS):
     return jax.nn.softmax(scores, axis=-1)
 
 
-class Attention(nn.Module):
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, x, positions, allowed, cache, cache_index):
-        cfg, dt = self.cfg, _dtype(self.cfg)
-        B, T, _ = x.shape
-        H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q = Linear(H * Dh, ("embed", "heads"), cfg.qkv_bias, dt, name="q_proj")(x).reshape(B, T, H, Dh)
-        k = Linear(K * Dh, ("embed", "kv_heads"), cfg.qkv_bias, dt, name="k_proj")(x).reshape(B, T, K, Dh)
-        v = Linear(K * Dh, ("embed", "kv_heads"), cfg.qkv_bias, dt, name="v_proj")(x).reshape(B, T, K, Dh)
-        q = constrain(q, ("batch", "length", "act_heads", "head_dim"))
-        k, v = (constrain(a, ("batch", "length", "act_kv_heads", "head_dim")) for a in (k, v))
-        if cfg.qk_norm:
-            q = RMSNorm(cfg.rms_norm_eps, "head_dim", dt, name="q_norm")(q)
-            k = RMSNorm(cfg.rms_norm_eps, "head_dim", dt, name="k_norm")(k)
-        inv_freq = inverse_frequencies(cfg)
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+def masked_attention(allowed_BxTxS, cache: LayerCache | None, cache_index, dt):
+    """The decoder's attention strategy for `layer.layer`: q [B, T, H, Dh] over the keys/values of every
+    slot `allowed` (the T new ones without a cache; with one, the cache [B, S, KVH, Dh] after writing the
+    new keys/values at `cache_index`) -> (o [B, T, H, Dh], the new cache or None)."""
+    def attend(q, k, v):
+        B, T, H, Dh = q.shape
+        K = k.shape[2]
         if cache is not None:
             k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, axis=1)
             v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
-            cache = LayerCache(k_all, v_all)
+            new_cache = LayerCache(k_all, v_all)
         else:
-            k_all, v_all = k, v
-        probs = attention_weights(q.reshape(B, T, K, H // K, Dh), k_all, allowed)
+            k_all, v_all, new_cache = k, v, None
+        probs = attention_weights(q.reshape(B, T, K, H // K, Dh), k_all, allowed_BxTxS)
         out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dt), v_all.astype(dt))
-        out = Linear(cfg.hidden_size, ("heads", "embed"), False, dt, name="o_proj")(out.reshape(B, T, H * Dh))
-        return out, cache
-
-
-class MLP(nn.Module):
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, x):
-        cfg, dt = self.cfg, _dtype(self.cfg)
-        gate = Linear(cfg.intermediate_size, ("embed", "mlp"), False, dt, name="gate_proj")(x)
-        up = Linear(cfg.intermediate_size, ("embed", "mlp"), False, dt, name="up_proj")(x)
-        gate, up = (constrain(a, ("batch", "length", "act_mlp")) for a in (gate, up))
-        return Linear(cfg.hidden_size, ("mlp", "embed"), False, dt, name="down_proj")(nn.silu(gate) * up)
-
-
-class Block(nn.Module):
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, x, positions, allowed, cache, cache_index):
-        dt = _dtype(self.cfg)
-        h, cache = Attention(self.cfg, name="attn")(
-            RMSNorm(self.cfg.rms_norm_eps, "norm", dt, name="input_norm")(x), positions, allowed, cache, cache_index)
-        x = x + h
-        x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg.rms_norm_eps, "norm", dt, name="post_attn_norm")(x))
-        return constrain(x, ("batch", "length", "act_embed")), cache
+        return out.reshape(B, T, H, Dh), new_cache
+    return attend
 
 
 class Decoder(nn.Module):
@@ -163,8 +128,9 @@ class Decoder(nn.Module):
         cfg, dt = self.cfg, _dtype(self.cfg)
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed"))
         self.embed = self.param("embed", init, (cfg.vocab_size, cfg.hidden_size), dt)
-        self.layers = [Block(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
-        self.final_norm = RMSNorm(cfg.rms_norm_eps, "norm", dt, name="final_norm")
+        spec = _frozen(layer_spec(cfg))
+        self.layers = [ParamTree(spec, dt, name=f"layers_{i}") for i in range(cfg.num_layers)]
+        self.final_norm = ParamTree(_frozen(norm_spec(cfg.hidden_size)), dt, name="final_norm")
         if not cfg.tie_embeddings:
             head_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab"))
             self.lm_head = self.param("lm_head", head_init, (cfg.hidden_size, cfg.vocab_size), dt)
@@ -174,13 +140,15 @@ class Decoder(nn.Module):
         S = kv_mask.shape[1]
         slots_q = cache_index + jnp.arange(T)  # slot of each query
         allowed = (jnp.arange(S)[None, :] <= slots_q[:, None])[None] & kv_mask[:, None, :].astype(bool)
-        x = jnp.take(self.embed, input_ids, axis=0).astype(_dtype(self.cfg))
-        x = constrain(x, ("batch", "length", "act_embed"))
+        dt = _dtype(self.cfg)
+        ops = TokenMajor(self.cfg, positions)
+        x = ops.pin(jnp.take(self.embed, input_ids, axis=0).astype(dt), "act_embed")
         new_cache = []
-        for i, layer in enumerate(self.layers):
-            x, c = layer(x, positions, allowed, None if cache is None else cache[i], cache_index)
+        for i, layer_params in enumerate(self.layers):
+            attend = masked_attention(allowed, None if cache is None else cache[i], cache_index, dt)
+            x, c = layer(layer_params(), self.cfg, x, ops, attend)
             new_cache.append(c)
-        return self.final_norm(x), (new_cache if cache is not None else None)
+        return ops.norm(x, self.final_norm()["scale"]), (new_cache if cache is not None else None)
 
     def head_weight(self):
         """The output projection [D, V] (the transposed embedding when tied)."""

@@ -25,9 +25,9 @@ slots against the window of 2N slots ending with the block
 = Cq < N in query blocks of Cq slots with an online softmax over key blocks
 (gpg_em.models.blocked_attention, O(Cq * (P + Cq)) a step), the same values.
 
-The layer maths is the decoder's (gpg_em.models.decoder), written over the
-params tree: RMSNorm in float32, optional q/k norm, RoPE, grouped-query
-attention with a float32 softmax, SwiGLU MLP.
+The layer maths is the one definition in `gpg_em.models.layer` (as the
+decoder and the decode step run it), on prompts and packed completions as two
+token-major streams; `block` supplies the attention strategy above.
 """
 from __future__ import annotations
 
@@ -41,40 +41,11 @@ import numpy as np
 from gpg_em.models.blocked_attention import blocked_completion_attention
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.decoder import _dtype
+from gpg_em.models.layer import Streams, TokenMajor, layer
 from gpg_em.models.model import positions_from_mask
-from gpg_em.models.rope import apply_rope, inverse_frequencies
 
 _NEG = -1e30
 PROMPT_BLOCK = 32  # largest block of packed slots that reads one prompt (prompt_block)
-
-
-def _norm(x, scale, eps, dt):
-    """RMSNorm over the last axis in float32: x / sqrt(mean(x^2) + eps) * scale."""
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return y.astype(dt) * scale.astype(dt)
-
-
-def _linear(p, x, dt):
-    """x [..., D_in] @ kernel as one [tokens, D_in] product: XLA:CPU runs a rank-3 dot and its
-    gradient (contracted over two axes) at about half the speed of the same work in 2-D."""
-    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dt), p["kernel"].astype(dt)).reshape(*x.shape[:-1], -1)
-    return y + p["bias"].astype(dt) if "bias" in p else y
-
-
-def _qkv(lp, cfg: ModelConfig, x_BxTxD, positions_BxT):
-    """Rotated q [B, T, K, H/K, Dh] and k, v [B, T, K, Dh] of one layer."""
-    dt, (B, T, _) = _dtype(cfg), x_BxTxD.shape
-    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = _linear(lp["q_proj"], x_BxTxD, dt).reshape(B, T, H, Dh)
-    k = _linear(lp["k_proj"], x_BxTxD, dt).reshape(B, T, K, Dh)
-    v = _linear(lp["v_proj"], x_BxTxD, dt).reshape(B, T, K, Dh)
-    if cfg.qk_norm:
-        q = _norm(q, lp["q_norm"]["scale"], cfg.rms_norm_eps, dt)
-        k = _norm(k, lp["k_norm"]["scale"], cfg.rms_norm_eps, dt)
-    inv_freq = inverse_frequencies(cfg)
-    q, k = apply_rope(q, positions_BxT, inv_freq), apply_rope(k, positions_BxT, inv_freq)
-    return q.reshape(B, T, K, H // K, Dh), k, v
 
 
 def _prompt_attention(q, k, v, allowed_nxPxP, dt):
@@ -147,10 +118,6 @@ def _completion_attention(q, k_p, v_p, k_c, v_c, prompt_mask_mxbxP, allowed_mxcx
     return jnp.moveaxis(out, 2, 3).reshape(m, L, K, g, Dh)
 
 
-def _mlp(mp, x, dt):
-    return _linear(mp["down_proj"], jax.nn.silu(_linear(mp["gate_proj"], x, dt)) * _linear(mp["up_proj"], x, dt), dt)
-
-
 def gather_groups(x_nx, group_mxK):
     """[n, ...] per group -> [m, K, ...]: x of lane-local group `group[k, j]` of lane k (n/m groups a lane)."""
     m = group_mxK.shape[0]
@@ -191,17 +158,21 @@ def completion_layout(row_mxL, prompt_mask_nxP, *, group_size: int, window: int,
 
 
 def block(lp, cfg: ModelConfig, x_p, x_c, pos_p, pos_c, allowed_p, layout, *, window: int, query_block: int = 0):
-    """One decoder layer over prompts x_p [n, P, D] and packed completions x_c [m, L, D]; `layout`
-    (`completion_layout`) is what the completion attention reads, in the form query_block selects."""
-    dt, eps = _dtype(cfg), cfg.rms_norm_eps
-    q_p, k_p, v_p = _qkv(lp["attn"], cfg, _norm(x_p, lp["input_norm"]["scale"], eps, dt), pos_p)
-    q_c, k_c, v_c = _qkv(lp["attn"], cfg, _norm(x_c, lp["input_norm"]["scale"], eps, dt), pos_c)
-    o_p = _prompt_attention(q_p, k_p, v_p, allowed_p, dt)
-    o_c = _attend_completions(q_c, k_p, v_p, k_c, v_c, layout, dt, window=window, query_block=query_block)
-    x_p = x_p + _linear(lp["attn"]["o_proj"], o_p.reshape(*x_p.shape[:2], -1), dt)
-    x_c = x_c + _linear(lp["attn"]["o_proj"], o_c.reshape(*x_c.shape[:2], -1), dt)
-    post = lambda x: _mlp(lp["mlp"], _norm(x, lp["post_attn_norm"]["scale"], eps, dt), dt)
-    return x_p + post(x_p), x_c + post(x_c)
+    """One decoder layer (`layer.layer`) over prompts x_p [n, P, D] and packed completions x_c [m, L, D] as two
+    streams. The attention strategy: prompts attend causally within themselves (`_prompt_attention`),
+    completions to their group's prompt and their own row (`_attend_completions`, in the form `layout`
+    (`completion_layout`) was made for: query_block selects it)."""
+    dt, K = _dtype(cfg), cfg.num_kv_heads
+    grouped = lambda q: q.reshape(*q.shape[:2], K, q.shape[2] // K, q.shape[3])  # [.., H, Dh] -> [.., K, H/K, Dh]
+
+    def attend(qs, ks, vs):
+        (q_p, q_c), (k_p, k_c), (v_p, v_c) = (grouped(q) for q in qs), ks, vs
+        o_p = _prompt_attention(q_p, k_p, v_p, allowed_p, dt)
+        o_c = _attend_completions(q_c, k_p, v_p, k_c, v_c, layout, dt, window=window, query_block=query_block)
+        return tuple(o.reshape(*o.shape[:2], -1, o.shape[-1]) for o in (o_p, o_c)), None
+    ops = Streams(*(TokenMajor(cfg, pos, pin=False, flat=True) for pos in (pos_p, pos_c)))
+    (x_p, x_c), _ = layer(lp, cfg, (x_p, x_c), ops, attend)
+    return x_p, x_c
 
 
 def prompt_block(N: int) -> int:
@@ -295,7 +266,7 @@ def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_n
     slots with an online softmax (`blocked_completion_attention`), memory O(Cq * (P + Cq)) a step
     instead of O(window * 2 * window) per block of window slots; 0 or >= window: the latter form.
     """
-    dt, eps = _dtype(cfg), cfg.rms_norm_eps
+    dt = _dtype(cfg)
     P = prompt_ids_nxP.shape[1]
     pmask = prompt_mask_nxP.astype(bool)
     pos_p = positions_from_mask(pmask)
@@ -305,15 +276,16 @@ def shared_prefix_hidden(params, cfg: ModelConfig, prompt_ids_nxP, prompt_mask_n
     allowed_p = jnp.tril(jnp.ones((P, P), bool))[None] & pmask[:, None, :]
     embed = lambda ids: jnp.take(params["embed"], ids, axis=0).astype(dt)
     x_p, x_c = embed(prompt_ids_nxP), embed(tokens_mxL)
-    layer = functools.partial(block, window=window, query_block=query_block)
-    layer = jax.checkpoint(layer, static_argnums=(1,)) if remat else layer
+    run_block = functools.partial(block, window=window, query_block=query_block)
+    run_block = jax.checkpoint(run_block, static_argnums=(1,)) if remat else run_block
 
     def body(x, lp):
-        return layer(lp, cfg, *x, pos_p, pos_c, allowed_p, layout), None
+        return run_block(lp, cfg, *x, pos_p, pos_c, allowed_p, layout), None
     if scan_layers:
         (x_p, x_c), _ = jax.lax.scan(body, (x_p, x_c), stacked_layers(params, cfg.num_layers))
     else:
         for i in range(cfg.num_layers):
             (x_p, x_c), _ = body((x_p, x_c), params[f"layers_{i}"])
+    final = TokenMajor(cfg, None, pin=False).norm
     scale = params["final_norm"]["scale"]
-    return _norm(x_p[:, -1], scale, eps, dt), _norm(x_c, scale, eps, dt)
+    return final(x_p[:, -1], scale), final(x_c, scale)

@@ -1,7 +1,9 @@
 """The decode step on CPU as one native call: `gpg_em/kernels/decode_cpu.cc` through `jax.ffi`.
 
 Same mathematics, cache layout and results as `decode_step.step_hidden` + `step_logits` (float32;
-the tests compare the two, and the sampler's greedy tokens with transformers'). What differs is
+the tests compare the two, and the sampler's greedy tokens with transformers'); the layer it
+computes is `gpg_em.models.layer.layer`, so an architecture variant added there must be added
+here too or refused by `use_kernel`. What differs is
 how the work is done: every layer of the step runs in one C++ call over weights packed once per
 `sample` call (`pack_weights`), with AVX-512 skinny GEMMs that keep both cores busy, so a SmolLM2
 step at B = 32 rows takes ~65 ms against ~135 ms for the XLA step (`benchmarks/sampler.py`).

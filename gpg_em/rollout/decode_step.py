@@ -1,8 +1,10 @@
 """One decode step of the decoder (one new token per row) over a prompt-shared KV cache.
 
-Same mathematics, parameters and dtypes as `gpg_em.models.decoder.Decoder`
-(which the prefill uses; tests compare the two), rewritten for T = 1 with a
-cache laid out for how the step reads it. Per layer the cache is
+The layer is the one definition in `gpg_em.models.layer` (as the Decoder,
+which the prefill uses, runs it; tests compare the two), run feature-major
+(`layer.FeatureMajor`: activations [D, B], kernels transposed) with
+`cached_attention` as its attention strategy, over a cache laid out for how
+the step reads it. Per layer the cache is
 
     prompt_k_t [n, KVH, Dh, P]       keys of the n prompts, slot axis last
     prompt_v   [n, KVH, P, Dh]
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 
 from gpg_em.models.config import ModelConfig
 from gpg_em.models.decoder import LayerCache, _dtype
+from gpg_em.models.layer import FeatureMajor, layer
 from gpg_em.models.rope import inverse_frequencies
 
 _NEG = -1e30  # as the decoder: finite, so a fully masked row is uniform rather than NaN
@@ -87,31 +90,6 @@ def to_decode_layout(tree, cfg: ModelConfig, flip):
 
 
 jit_decode_weights = jax.jit(decode_weights, static_argnames=("cfg", "transpose"))
-
-
-def _rms_fm(x, scale, eps, dt, axis=0):
-    """RMSNorm over `axis` (features of [D, B]; head_dim of [H, Dh, B] for Qwen3's q/k norm), exactly as
-    the decoder's: float32 statistics, scale in `dt`. `scale` [x.shape[axis]] broadcasts over the rest."""
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axis, keepdims=True) + eps)
-    return (y.astype(dt) * scale.astype(dt)[:, None]).astype(dt)
-
-
-def _linear_fm(p, x_INxB, dt):
-    """p's linear map on feature-major activations: [out, in] @ [in, B] (+ bias) -> [out, B]."""
-    if "kernel_t" in p:
-        y = jnp.dot(p["kernel_t"].astype(dt), x_INxB.astype(dt))
-    else:
-        y = jax.lax.dot_general(p["kernel"].astype(dt), x_INxB.astype(dt), (((0,), (0,)), ((), ())))
-    return y + p["bias"].astype(dt)[:, None] if "bias" in p else y
-
-
-def _rope_fm(x_HxDhxB, cos_DhxB, sin_DhxB):
-    """x * cos + rotate_half(x) * sin along head_dim (axis 1), float32 as the decoder."""
-    x = x_HxDhxB.astype(jnp.float32)
-    half = x.shape[1] // 2
-    rotated = jnp.concatenate([-x[:, half:], x[:, :half]], axis=1)
-    return (x * cos_DhxB + rotated * sin_DhxB).astype(x_HxDhxB.dtype)
 
 
 def _read_dtype(q, v):
@@ -197,36 +175,21 @@ def put_generated(cache: KVCache, k_nxKxGxDh, v_nxKxGxDh, index) -> KVCache:
     return cache._replace(gen_k_t=gen_k_t, gen_v=gen_v)
 
 
-def _attention(lp, cfg: ModelConfig, h_DxB, cos, sin, prompt_mask_nxP, cache: KVCache, index):
-    dt = _dtype(cfg)
-    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+def cached_attention(cfg: ModelConfig, prompt_mask_nxP, cache: KVCache, index):
+    """The decode step's attention strategy for `layer.layer` (feature-major): q [H, Dh, B], k, v
+    [KVH, Dh, B] of the rows' new tokens -> (o [H, Dh, B], the cache with k, v written at `index`).
+    Columns b = i * G + j are laid out as the cache's [n, KVH, G, ...] for `_attend`."""
+    dt, H, K, Dh = _dtype(cfg), cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     n, G, Q = cache.prompt_k_t.shape[0], cache.gen_k_t.shape[2], H // K
-    q = _linear_fm(lp["q_proj"], h_DxB, dt).reshape(H, Dh, n * G)
-    k = _linear_fm(lp["k_proj"], h_DxB, dt).reshape(K, Dh, n * G)
-    v = _linear_fm(lp["v_proj"], h_DxB, dt).reshape(K, Dh, n * G)
-    if cfg.qk_norm:
-        q = _rms_fm(q, lp["q_norm"]["scale"], cfg.rms_norm_eps, dt, axis=1)
-        k = _rms_fm(k, lp["k_norm"]["scale"], cfg.rms_norm_eps, dt, axis=1)
-    q, k = _rope_fm(q, cos, sin), _rope_fm(k, cos, sin)
-    # columns b = (i, j) -> [n, K, G, ...], the cache's order
-    k = k.reshape(K, Dh, n, G).transpose(2, 0, 3, 1)  # [n, K, G, Dh]
-    v = v.reshape(K, Dh, n, G).transpose(2, 0, 3, 1)
-    cache = put_generated(cache, k, v, index)
-    q = q.reshape(K, Q, Dh, n, G).transpose(3, 0, 4, 1, 2)  # [n, K, G, Q, Dh]
-    out = _attend(q, cache, prompt_mask_nxP, index, dt)  # [n, K, G, Q, Dh]
-    out = out.transpose(1, 3, 4, 0, 2).reshape(H * Dh, n * G)
-    return _linear_fm(lp["o_proj"], out, dt), cache
 
-
-def _block(lp, cfg: ModelConfig, x_DxB, cos, sin, prompt_mask_nxP, cache: KVCache, index):
-    dt, eps = _dtype(cfg), cfg.rms_norm_eps
-    h, cache = _attention(lp["attn"], cfg, _rms_fm(x_DxB, lp["input_norm"]["scale"], eps, dt), cos, sin,
-                          prompt_mask_nxP, cache, index)
-    x = x_DxB + h
-    h = _rms_fm(x, lp["post_attn_norm"]["scale"], eps, dt)
-    mlp = lp["mlp"]
-    gate, up = _linear_fm(mlp["gate_proj"], h, dt), _linear_fm(mlp["up_proj"], h, dt)
-    return x + _linear_fm(mlp["down_proj"], jax.nn.silu(gate) * up, dt), cache
+    def attend(q, k, v):
+        k = k.reshape(K, Dh, n, G).transpose(2, 0, 3, 1)  # [n, K, G, Dh]
+        v = v.reshape(K, Dh, n, G).transpose(2, 0, 3, 1)
+        new_cache = put_generated(cache, k, v, index)
+        q = q.reshape(K, Q, Dh, n, G).transpose(3, 0, 4, 1, 2)  # [n, K, G, Q, Dh]
+        out = _attend(q, new_cache, prompt_mask_nxP, index, dt)  # [n, K, G, Q, Dh]
+        return out.transpose(1, 3, 4, 0, 2).reshape(H, Dh, n * G), new_cache
+    return attend
 
 
 def rope_cos_sin(cfg: ModelConfig, position_B):
@@ -244,14 +207,14 @@ def step_hidden(params, cfg: ModelConfig, token_B, position_B, prompt_mask_nxP, 
     `params` come from `decode_weights`.
     """
     dt = _dtype(cfg)
-    cos, sin = rope_cos_sin(cfg, position_B)
+    ops = FeatureMajor(cfg, *rope_cos_sin(cfg, position_B))
     x = jnp.take(params["embed"], token_B, axis=0).astype(dt).T  # [D, B]
     pmask = prompt_mask_nxP.astype(bool)
     new_cache = []
     for i in range(cfg.num_layers):
-        x, c = _block(params[f"layers_{i}"], cfg, x, cos, sin, pmask, cache[i], index)
+        x, c = layer(params[f"layers_{i}"], cfg, x, ops, cached_attention(cfg, pmask, cache[i], index))
         new_cache.append(c)
-    return _rms_fm(x, params["final_norm"]["scale"], cfg.rms_norm_eps, dt), new_cache
+    return ops.norm(x, params["final_norm"]["scale"]), new_cache
 
 
 def step_logits(params, cfg: ModelConfig, hidden_DxB) -> jnp.ndarray:
