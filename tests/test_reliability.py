@@ -158,6 +158,16 @@ def test_keys_added_since_the_run_started_pass_only_at_their_default(tmp_path):
         resume.check_config(str(tmp_path), json.dumps(now), "")
 
 
+def test_an_older_runs_config_reads_with_the_keys_added_since(tmp_path):
+    from gpg_em.eval.policy import read_run_config
+    # a run made before train.attention_block / rollout.decode_slots existed, with its own values elsewhere
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"algorithm": "grpo", "train": {"remat": False}, "rollout": {"group_size": 4}, "model": {"tiny": {"x": 1}}}))
+    c = read_run_config(str(tmp_path))
+    assert (c.algorithm, c.train.remat, c.rollout.group_size, c.model.tiny.x) == ("grpo", False, 4, 1)
+    assert (c.train.attention_block, c.rollout.decode_slots, c.rollout.kv_dtype) == (512, 0, "auto")
+
+
 # ------------------------------------------------------------------ metrics.jsonl
 def test_torn_last_line_is_dropped_and_cut_records_kept(tmp_path):
     lines = [{"kind": "eval", "step": 0}, {"kind": "train", "step": 1}, {"kind": "train", "step": 2}]

@@ -22,12 +22,24 @@ def is_workdir(spec: str) -> bool:
     return os.path.isfile(os.path.join(spec, "config.json")) and os.path.isdir(os.path.join(spec, "checkpoints"))
 
 
+def overlay(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with every key it lacks taken from `defaults`, recursively (saved values win)."""
+    out = dict(defaults)
+    for k, v in saved.items():
+        out[k] = overlay(defaults[k], v) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+    return out
+
+
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's stored config; keys added to the project since the run was made take configs/base.py's
+    defaults (which keep the earlier behaviour), so older runs stay readable."""
+    from configs.base import get_config as base
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: not found; expected a gpg-em run folder (made by `gpg-em train`)")
     with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    return ml_collections.ConfigDict(overlay(json.loads(base().to_json()), saved))
 
 
 def restore_policy(workdir: str, step: int | None = None) -> tuple[Model, ml_collections.ConfigDict, int]:
