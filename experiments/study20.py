@@ -225,6 +225,15 @@ def run_pending(stages: list[str] | None) -> int:
         print(f"study20: {job.name}", flush=True)
         try:
             job.action()
+        except sweep.Interrupted:  # a signal: the run saved its state; the study stops (rerun to resume)
+            print(f"study20: {job.name} interrupted; rerun `study20.py run` to resume", flush=True)
+            return 130
+        except subprocess.CalledProcessError as e:
+            if e.returncode in (130, 143):  # the evaluation was stopped by a signal
+                print(f"study20: {job.name} interrupted; rerun `study20.py run` to resume", flush=True)
+                return 130
+            print(f"study20: {job.name} FAILED: {e}", flush=True)
+            failed.add(job.name)
         except Exception as e:  # noqa: BLE001 - one failed job must not stop the study
             print(f"study20: {job.name} FAILED: {e}", flush=True)
             failed.add(job.name)

@@ -26,7 +26,8 @@ are cut and suffixed with a hash of the settings).
 Running (the default) trains each run in this process with the Trainer, in
 order. A run whose metrics.jsonl already holds the train record and the
 held-out eval record of step total_steps is skipped; an interrupted one is
-resumed by the Trainer itself from its latest checkpoint. A workdir whose
+resumed by the Trainer itself from its latest checkpoint. A signal
+(SIGTERM, Ctrl-C) stops the run at a checkpoint and the whole sweep with it. A workdir whose
 config.json differs from the run's resolved config is refused (the names do
 not cover `fixed`) unless --force. A failed run is reported and the sweep goes
 on (--stop-on-error to stop); the exit status is 1 if any run failed.
@@ -47,6 +48,9 @@ import traceback
 from typing import Any, Callable, Iterable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from gpg_em.errors import Interrupted  # noqa: E402
 DEFAULT_ROOT = "runs/sweep"
 MAX_NAME = 150
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
@@ -243,6 +247,9 @@ def execute(runs: list[RunSpec], *, force: bool = False, stop_on_error: bool = F
             log(f"{head}: {'resuming' if status == 'partial' else 'starting'} in {run.workdir}")
             make_trainer(c, run.workdir).train()
             outcome[run.name] = "resumed" if status == "partial" else "trained"
+        except Interrupted:  # SIGTERM/SIGINT (a preemption, Ctrl-C): the run saved its state; the sweep stops
+            log(f"{head}: interrupted; rerun the sweep to resume")
+            raise
         except Exception:  # noqa: BLE001 - one broken run must not stop the sweep
             outcome[run.name] = "failed"
             log(f"{head}: FAILED\n{traceback.format_exc()}")

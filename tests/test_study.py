@@ -125,3 +125,16 @@ def test_report_tables_from_run_files(tmp_path, monkeypatch):
     assert cells[8] == "60" and cells[9] == "100"  # 20 steps x (1 + 2) s wall, 20 x 5 s CPU
     assert (out / "chain_sum_test.png").stat().st_size > 0
     assert (out / "runs" / "chain_sum" / "grpo__lr=1e-05__seed1" / "test_eval.json").is_file()
+
+
+def test_a_signal_stops_the_study(tmp_path, monkeypatch):
+    from gpg_em.errors import Interrupted
+    monkeypatch.setattr(study20, "ROOT", str(tmp_path))
+    ran = []
+
+    def interrupted(runs, **kwargs):
+        ran.append(runs[0].name)
+        raise Interrupted("SIGTERM: stopped after step 3", 15)
+    monkeypatch.setattr(study20.sweep, "execute", interrupted)
+    assert study20.run_pending(["select"]) == 130
+    assert ran == [f"grpo__lr={study20.LEARNING_RATES[0]:g}__seed0"]  # stopped, not on to the next job

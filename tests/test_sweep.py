@@ -85,6 +85,22 @@ def half_finished_sweep(tmp_path_factory):
     return dict(runs=runs, first=first, before=before, status=status, partial=partial, second=second, built=built)
 
 
+def test_a_signal_stops_the_whole_sweep(tmp_path):
+    from gpg_em.errors import Interrupted
+    runs = sweep.expand({"configs": [TINY], "fixed": SMALL, "seeds": [0, 1]}, root=str(tmp_path))
+    started = []
+
+    class Preempted:
+        def __init__(self, config, workdir):
+            started.append(workdir)
+
+        def train(self):
+            raise Interrupted("SIGTERM: stopped after step 1", 15)
+    with pytest.raises(Interrupted):
+        sweep.execute(runs, make_trainer=Preempted, log=lambda s: None)
+    assert started == [runs[0].workdir]  # the second run never started
+
+
 def test_sweep_resumes_without_redoing_finished_runs(half_finished_sweep):
     s = half_finished_sweep
     done, cut = s["runs"]
