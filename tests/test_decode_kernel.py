@@ -15,8 +15,8 @@ from gpg_em.models import Model, ModelConfig, init_params
 from gpg_em.rollout import decode_cpu, decode_step, generate, sampler
 from gpg_em.rollout.decode_step import KVCache
 
-needs_kernel = pytest.mark.skipif(not decode_kernel_available(),
-                                  reason="the CPU decode kernel needs a C++ compiler and AVX-512 (warning says which)")
+needs_kernel = pytest.mark.skipif(not decode_kernel_available(), reason="the CPU decode kernel needs a C++ compiler "
+                                  "and AVX-512 or AVX2 + FMA (warning says which)")
 
 BASE = ModelConfig(vocab_size=203, hidden_size=40, intermediate_size=72, num_layers=2, num_heads=4, num_kv_heads=2,
                    head_dim=8)
@@ -159,13 +159,35 @@ def test_library_name_follows_the_source(monkeypatch, tmp_path):
 
 def test_kernel_unavailable_without_a_compiler(monkeypatch, tmp_path):
     """No compiler: a warning that says so, and the sampler keeps its XLA step."""
-    if "avx512f" not in build._cpu_flags():
-        pytest.skip("this CPU has no AVX-512: the kernel is unavailable for that reason instead")
+    if build._missing_vector_flags(build._cpu_flags().split()):
+        pytest.skip("this CPU has neither AVX-512 nor AVX2 + FMA: the kernel is unavailable for that reason instead")
     monkeypatch.setenv("CXX", os.path.join("/nonexistent", "c++"))
     monkeypatch.setenv("GPG_EM_KERNEL_CACHE", str(tmp_path))  # nothing built there yet
     build.decode_kernel_available.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="CPU decode kernel unavailable"):
+            assert build.decode_kernel_available() is False
+    finally:
+        build.decode_kernel_available.cache_clear()
+
+
+@pytest.mark.parametrize("flags,missing", [
+    ("fpu avx avx2 fma avx512f avx512bw", []),  # AVX-512
+    ("fpu avx avx2 fma", []),  # AVX2 + FMA
+    ("fpu avx fma", ["avx512f", "avx2"]),
+    ("fpu avx avx2", ["avx512f", "fma"]),
+    ("", ["avx512f", "avx2", "fma"]),  # no x86 flags line (e.g. aarch64)
+])
+def test_vector_flags_the_kernel_accepts(flags, missing):
+    assert build._missing_vector_flags(flags.split()) == missing
+
+
+def test_kernel_unavailable_without_vector_flags(monkeypatch):
+    """A CPU with neither AVX-512 nor AVX2 + FMA: a warning naming the missing flags, no build."""
+    monkeypatch.setattr(build, "_cpu_flags", lambda: "flags\t\t: fpu sse2 avx fma")
+    build.decode_kernel_available.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"neither AVX-512 nor AVX2 \+ FMA \(no avx512f, avx2\)"):
             assert build.decode_kernel_available() is False
     finally:
         build.decode_kernel_available.cache_clear()

@@ -3,8 +3,6 @@
 #ifndef GPG_EM_KERNELS_ATTENTION_H_
 #define GPG_EM_KERNELS_ATTENTION_H_
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -27,60 +25,74 @@ struct LayerCache {
   const float* gen_v;       // [n, KVH, G, N, Dh]
 };
 
+// Queries per group and 16-float vectors per pass of the two products below: R C accumulators plus C
+// loaded vectors must fit the register file (32 zmm; AVX2: 16 ymm, two per vector).
+#ifdef __AVX512F__
+constexpr int kAttnRows = 4, kAttnVecs = 4;
+#else
+constexpr int kAttnRows = 4, kAttnVecs = 1;
+#endif
+constexpr int64_t kAttnSpan = kAttnVecs * kLanes;  // slots (Scores) or dims (Mix) per pass
+
 // s[q, t] = sum_d query[q, d] k_t[d, t] for R queries and t < count, keys stored [Dh, stride] (slot
-// minor). 64 slots per pass: 4 R independent accumulators.
+// minor). kAttnSpan slots per pass: R kAttnVecs independent accumulators, d in order.
 template <int R>
 void ScoresSlotMinor(const float* query, int64_t Dh, const float* k_t, int64_t stride, int64_t count, float* s,
                      int64_t lds) {
-  for (int64_t t = 0; t < count; t += 64) {
-    const __mmask16 m[4] = {FirstN(count - t), FirstN(count - t - 16), FirstN(count - t - 32),
-                            FirstN(count - t - 48)};
-    __m512 acc[R][4];
-    for (int q = 0; q < R; ++q)
-      for (int c = 0; c < 4; ++c) acc[q][c] = _mm512_setzero_ps();
+  constexpr int C = kAttnVecs;
+  for (int64_t t = 0; t < count; t += kAttnSpan) {
+    Mask m[C];
+    GPG_EM_UNROLL for (int c = 0; c < C; ++c) m[c] = FirstN(count - t - kLanes * c);
+    Vec acc[R][C];
+    GPG_EM_UNROLL for (int q = 0; q < R; ++q)
+      GPG_EM_UNROLL for (int c = 0; c < C; ++c) acc[q][c] = Zero();
     for (int64_t d = 0; d < Dh; ++d) {
       const float* row = k_t + d * stride + t;
-      __m512 k[4];
-      for (int c = 0; c < 4; ++c) k[c] = _mm512_maskz_loadu_ps(m[c], row + 16 * c);
-      for (int q = 0; q < R; ++q) {
-        const __m512 a = _mm512_set1_ps(query[q * Dh + d]);
-        for (int c = 0; c < 4; ++c) acc[q][c] = _mm512_fmadd_ps(a, k[c], acc[q][c]);
+      Vec k[C];
+      GPG_EM_UNROLL for (int c = 0; c < C; ++c) k[c] = LoadN(m[c], row + kLanes * c);
+      GPG_EM_UNROLL for (int q = 0; q < R; ++q) {
+        const Vec a = Set1(query[q * Dh + d]);
+        GPG_EM_UNROLL for (int c = 0; c < C; ++c) acc[q][c] = Fmadd(a, k[c], acc[q][c]);
       }
     }
-    for (int q = 0; q < R; ++q)
-      for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(s + q * lds + t + 16 * c, m[c], acc[q][c]);
+    GPG_EM_UNROLL for (int q = 0; q < R; ++q)
+      GPG_EM_UNROLL for (int c = 0; c < C; ++c) StoreN(s + q * lds + t + kLanes * c, m[c], acc[q][c]);
   }
 }
 
-// out[q, d] += sum_t p[q, t] v[t, d] for R queries, t < count, values [count, Dh], 64 dims per pass.
+// out[q, d] += sum_t p[q, t] v[t, d] for R queries, t < count (in order), values [count, Dh],
+// kAttnSpan dims per pass.
 template <int R>
 void MixValues(const float* p, int64_t ldp, const float* v, int64_t count, int64_t Dh, float* out) {
-  for (int64_t d = 0; d < Dh; d += 64) {
-    const __mmask16 m[4] = {FirstN(Dh - d), FirstN(Dh - d - 16), FirstN(Dh - d - 32), FirstN(Dh - d - 48)};
-    __m512 acc[R][4];
-    for (int q = 0; q < R; ++q)
-      for (int c = 0; c < 4; ++c) acc[q][c] = _mm512_maskz_loadu_ps(m[c], out + q * Dh + d + 16 * c);
+  constexpr int C = kAttnVecs;
+  for (int64_t d = 0; d < Dh; d += kAttnSpan) {
+    Mask m[C];
+    GPG_EM_UNROLL for (int c = 0; c < C; ++c) m[c] = FirstN(Dh - d - kLanes * c);
+    Vec acc[R][C];
+    GPG_EM_UNROLL for (int q = 0; q < R; ++q)
+      GPG_EM_UNROLL for (int c = 0; c < C; ++c) acc[q][c] = LoadN(m[c], out + q * Dh + d + kLanes * c);
     for (int64_t t = 0; t < count; ++t) {
-      __m512 vv[4];
-      for (int c = 0; c < 4; ++c) vv[c] = _mm512_maskz_loadu_ps(m[c], v + t * Dh + d + 16 * c);
-      for (int q = 0; q < R; ++q) {
-        const __m512 a = _mm512_set1_ps(p[q * ldp + t]);
-        for (int c = 0; c < 4; ++c) acc[q][c] = _mm512_fmadd_ps(a, vv[c], acc[q][c]);
+      Vec vv[C];
+      GPG_EM_UNROLL for (int c = 0; c < C; ++c) vv[c] = LoadN(m[c], v + t * Dh + d + kLanes * c);
+      GPG_EM_UNROLL for (int q = 0; q < R; ++q) {
+        const Vec a = Set1(p[q * ldp + t]);
+        GPG_EM_UNROLL for (int c = 0; c < C; ++c) acc[q][c] = Fmadd(a, vv[c], acc[q][c]);
       }
     }
-    for (int q = 0; q < R; ++q)
-      for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(out + q * Dh + d + 16 * c, m[c], acc[q][c]);
+    GPG_EM_UNROLL for (int q = 0; q < R; ++q)
+      GPG_EM_UNROLL for (int c = 0; c < C; ++c) StoreN(out + q * Dh + d + kLanes * c, m[c], acc[q][c]);
   }
 }
 
-// The two products above for nq queries, in groups of at most 4 (16 accumulators).
+static_assert(kAttnRows == 4, "Scores and Mix dispatch groups of up to 4 queries");
+
+// The two products above for nq queries, in groups of at most kAttnRows.
 inline void Scores(const float* query, int64_t nq, int64_t Dh, const float* k_t, int64_t stride, int64_t count,
-                   float* s,
-            int64_t lds) {
-  for (int64_t q = 0; q < nq; q += 4) {
+                   float* s, int64_t lds) {
+  for (int64_t q = 0; q < nq; q += kAttnRows) {
     const float* qq = query + q * Dh;
     float* sq = s + q * lds;
-    switch (std::min<int64_t>(4, nq - q)) {
+    switch (std::min<int64_t>(kAttnRows, nq - q)) {
       case 1: ScoresSlotMinor<1>(qq, Dh, k_t, stride, count, sq, lds); break;
       case 2: ScoresSlotMinor<2>(qq, Dh, k_t, stride, count, sq, lds); break;
       case 3: ScoresSlotMinor<3>(qq, Dh, k_t, stride, count, sq, lds); break;
@@ -90,10 +102,10 @@ inline void Scores(const float* query, int64_t nq, int64_t Dh, const float* k_t,
 }
 
 inline void Mix(const float* p, int64_t nq, int64_t ldp, const float* v, int64_t count, int64_t Dh, float* out) {
-  for (int64_t q = 0; q < nq; q += 4) {
+  for (int64_t q = 0; q < nq; q += kAttnRows) {
     const float* pq = p + q * ldp;
     float* oq = out + q * Dh;
-    switch (std::min<int64_t>(4, nq - q)) {
+    switch (std::min<int64_t>(kAttnRows, nq - q)) {
       case 1: MixValues<1>(pq, ldp, v, count, Dh, oq); break;
       case 2: MixValues<2>(pq, ldp, v, count, Dh, oq); break;
       case 3: MixValues<3>(pq, ldp, v, count, Dh, oq); break;
@@ -102,11 +114,37 @@ inline void Mix(const float* p, int64_t nq, int64_t ldp, const float* v, int64_t
   }
 }
 
+// One query's scores s[0, S) scaled by `scale`, plus `bias` on the first P (< S) slots, replaced by
+// their softmax: exp(s - max s) / sum.
+inline void Softmax(float* sq, int64_t S, float scale, const float* bias, int64_t P) {
+  Vec mx = Set1(-INFINITY);
+  for (int64_t t = 0; t < S; t += kLanes) {
+    const Mask m = FirstN(S - t), mp = FirstN(P - t);  // slots of this vector; its prompt slots
+    Vec v = Mul(LoadN(m, sq + t), Set1(scale));
+    v = Select(mp, Add(v, LoadN(mp, bias + t)), v);
+    StoreN(sq + t, m, v);
+    mx = Select(m, Max(mx, v), mx);
+  }
+  const Vec top = Set1(ReduceMax(mx));
+  Vec sum = Zero();
+  for (int64_t t = 0; t < S; t += kLanes) {
+    const Mask m = FirstN(S - t);
+    const Vec e = Keep(m, Exp(Sub(LoadN(m, sq + t), top)));
+    StoreN(sq + t, m, e);
+    sum = Add(sum, e);
+  }
+  const Vec total = Set1(ReduceAdd(sum));
+  for (int64_t t = 0; t < S; t += kLanes) {
+    const Mask m = FirstN(S - t);
+    StoreN(sq + t, m, Div(LoadN(m, sq + t), total));
+  }
+}
+
 // Attention of row b's Q query heads of kv-head kh over [prompt slots ++ generated slots < index ++
 // this step's key]: softmax(q.k / sqrt(Dh)) @ v. `prompt_bias` [n, P] is 0 on real prompt slots and
 // -inf on padding. Writes out[h Dh + d] for h = kh Q + q. `s` holds Q S floats, S = P + index + 1.
 inline void AttendOne(const Dims& dm, const LayerCache& c, const float* prompt_bias, const float* q_row,
-               const float* k_new, const float* v_new, int64_t b, int64_t kh, float* s, float* out) {
+                      const float* k_new, const float* v_new, int64_t b, int64_t kh, float* s, float* out) {
   const int64_t Q = dm.Q(), Dh = dm.Dh, P = dm.P, T = dm.index, S = P + T + 1;
   const int64_t i = b / dm.G, j = b % dm.G;
   const float* query = q_row + kh * Q * Dh;
@@ -117,32 +155,8 @@ inline void AttendOne(const Dims& dm, const LayerCache& c, const float* prompt_b
   Scores(query, Q, Dh, pk, P, P, s, S);
   Scores(query, Q, Dh, gk, dm.N, T, s + P, S);
   Scores(query, Q, Dh, k_new, 1, 1, s + P + T, S);
-  const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(float(Dh)));
-  for (int64_t q = 0; q < Q; ++q) {
-    float* sq = s + q * S;
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int64_t t = 0; t < S; t += 16) {
-      const __mmask16 m = FirstN(S - t);
-      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sq + t), scale);
-      const __mmask16 mp = FirstN(P - t);  // prompt slots of this vector
-      v = _mm512_mask_add_ps(v, m & mp, v, _mm512_maskz_loadu_ps(m & mp, prompt_bias + i * P + t));
-      _mm512_mask_storeu_ps(sq + t, m, v);
-      mx = _mm512_mask_max_ps(mx, m, mx, v);
-    }
-    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t t = 0; t < S; t += 16) {
-      const __mmask16 m = FirstN(S - t);
-      const __m512 e = _mm512_maskz_mov_ps(m, Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sq + t), top)));
-      _mm512_mask_storeu_ps(sq + t, m, e);
-      sum = _mm512_add_ps(sum, e);
-    }
-    const __m512 total = _mm512_set1_ps(_mm512_reduce_add_ps(sum));
-    for (int64_t t = 0; t < S; t += 16) {
-      const __mmask16 m = FirstN(S - t);
-      _mm512_mask_storeu_ps(sq + t, m, _mm512_div_ps(_mm512_maskz_loadu_ps(m, sq + t), total));
-    }
-  }
+  const float scale = 1.0f / std::sqrt(float(Dh));
+  for (int64_t q = 0; q < Q; ++q) Softmax(s + q * S, S, scale, prompt_bias + i * P, P);
   float* o = out + kh * Q * Dh;
   std::fill(o, o + Q * Dh, 0.f);
   Mix(s, Q, S, pv, P, Dh, o);

@@ -2,16 +2,17 @@
 registers them with XLA:CPU: `decode_cpu.cc` (the decode step) and `logits_cpu.cc` (EM-INF and adaptive
 temperature per row).
 
-The library is built with `-march=native` (the packed GEMM uses AVX-512) into a cache folder,
-`$GPG_EM_KERNEL_CACHE` or `~/.cache/gpg_em/kernels`, under a name that hashes the sources, the
-compiler command, jaxlib's version and this CPU's flags, so a changed source or another machine
-builds afresh and a stale library is never loaded. The build writes a temporary file and renames
-it, so concurrent processes never load a half-written library.
+The library is built with `-march=native` into a cache folder, `$GPG_EM_KERNEL_CACHE` or
+`~/.cache/gpg_em/kernels`, under a name that hashes the sources, the compiler command, jaxlib's
+version and this CPU's flags, so a changed source or another machine builds afresh and a stale
+library is never loaded. The build writes a temporary file and renames it, so concurrent processes
+never load a half-written library.
 
-`GPG_EM_CPU_KERNEL=0` keeps the sampler on its XLA decode step (`gpg_em.rollout.decode_cpu`).
-Without a C++ compiler or AVX-512 the kernel is unavailable, a warning says why, and the XLA
-step runs. The logits kernel needs a C++ compiler and an x86-64 CPU (AVX-512 or AVX2 vectors);
-without them, or with `GPG_EM_CPU_LOGITS_KERNEL=0`, EM-INF and adaptive temperature run as XLA
+`GPG_EM_CPU_KERNEL=0` keeps the sampler on its XLA decode step (`gpg_em.rollout.decode_cpu`). The
+decode kernel's vectors are AVX-512 or, on a CPU without it, AVX2 + FMA (`simd.h`); without a C++
+compiler, or on a CPU with neither, the kernel is unavailable, a warning says why, and the XLA step
+runs. The logits kernel needs a C++ compiler and an x86-64 CPU (AVX-512 or AVX2 vectors); without
+them, or with `GPG_EM_CPU_LOGITS_KERNEL=0`, EM-INF and adaptive temperature run as XLA
 (`gpg_em.rollout.logits_cpu`).
 """
 from __future__ import annotations
@@ -44,6 +45,14 @@ def _cpu_flags() -> str:
     except OSError:
         pass
     return ""
+
+
+def _missing_vector_flags(flags: list[str]) -> list[str]:
+    """The CPU flags the decode kernel's vectors lack here: none with avx512f or with avx2 and fma
+    (`simd.h`), else avx512f and whichever of avx2, fma is absent."""
+    if "avx512f" in flags or ("avx2" in flags and "fma" in flags):
+        return []
+    return ["avx512f", *(f for f in ("avx2", "fma") if f not in flags)]
 
 
 def _library_path(compiler: str, include: str, source: Path | None = None, flags: tuple = _FLAGS) -> Path:
@@ -83,8 +92,9 @@ def _unavailable(why: str, what: str = "CPU decode kernel", instead: str = "the 
 @functools.lru_cache(maxsize=None)
 def decode_kernel_available() -> bool:
     """True once the kernel is compiled (or found in the cache), loaded and registered for "cpu"."""
-    if "avx512f" not in _cpu_flags():
-        return _unavailable("this CPU has no AVX-512")
+    missing = _missing_vector_flags(_cpu_flags().split())
+    if missing:
+        return _unavailable(f"this CPU has neither AVX-512 nor AVX2 + FMA (no {', '.join(missing)})")
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         return _unavailable("no C++ compiler on PATH; set CXX")

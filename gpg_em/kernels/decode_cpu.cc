@@ -10,8 +10,9 @@
 //
 // Weight layout ("packed", packed_gemm.h): a [K, N] kernel (x @ W) is stored as ceil(N / 48) panels
 // [K, 48], columns zero-padded: packed[p, k, c] = W[k, 48 p + c]. A panel's k-th row is three
-// AVX-512 vectors, so the inner loop is 3 loads + 3 R fused multiply-adds for R rows of x.
-// Attention: attention.h; threads: pool.h.
+// 16-float vectors, so with AVX-512 the inner loop is 3 loads + 3 R fused multiply-adds for R rows
+// of x (AVX2: one vector at a time; packed_gemm.h). Vectors: simd.h (AVX-512, or AVX2 + FMA);
+// attention: attention.h; threads: pool.h.
 //
 // Operands (L layers, B = n G rows prompt-major, D model width, H/KVH heads, Dh head dim, F MLP
 // width, V vocabulary, P prompt slots, N generated slots):
@@ -110,12 +111,12 @@ void Layer(const Dims& dm, const LayerWeights& w, const LayerCache& c, const flo
     for (int64_t b = b0; b < b1; ++b) {
       const float* g = sc.gu.data() + b * 2 * F;
       float* a = sc.act.data() + b * F;
-      for (int64_t f = 0; f < F; f += 16) {
-        const __mmask16 m = FirstN(F - f);
-        const __m512 gv = _mm512_maskz_loadu_ps(m, g + f), uv = _mm512_maskz_loadu_ps(m, g + F + f);
-        const __m512 one = _mm512_set1_ps(1.f);  // sigmoid(g) = 1 / (1 + exp(-g))
-        const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, Exp(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
-        _mm512_mask_storeu_ps(a + f, m, _mm512_mul_ps(_mm512_mul_ps(gv, sig), uv));
+      for (int64_t f = 0; f < F; f += kLanes) {
+        const Mask m = FirstN(F - f);
+        const Vec gv = LoadN(m, g + f), uv = LoadN(m, g + F + f);
+        const Vec one = Set1(1.f);  // sigmoid(g) = 1 / (1 + exp(-g))
+        const Vec sig = Div(one, Add(one, Exp(Sub(Zero(), gv))));
+        StoreN(a + f, m, Mul(Mul(gv, sig), uv));
       }
     }
   });

@@ -5,8 +5,9 @@ the tests compare the two, and the sampler's greedy tokens with transformers'); 
 computes is `gpg_em.models.layer.layer`, so an architecture variant added there must be added
 here too or refused by `use_kernel`. What differs is
 how the work is done: every layer of the step runs in one C++ call over weights packed once per
-`sample` call (`pack_weights`), with AVX-512 skinny GEMMs that keep both cores busy, so a SmolLM2
-step at B = 32 rows takes ~65 ms against ~135 ms for the XLA step (`benchmarks/sampler.py`).
+`sample` call (`pack_weights`), with skinny GEMMs in AVX-512 (or AVX2 + FMA where the CPU has no
+AVX-512) that keep both cores busy, so a SmolLM2 step at B = 32 rows takes ~65 ms against ~135 ms
+for the XLA step on an AVX-512 machine (`benchmarks/sampler.py`).
 
 Used by `sampler.sample` when `use_kernel(cfg)`: the default backend is CPU, the model computes in
 float32, its head_dim is at most 512, the kernel builds here (`gpg_em.kernels`) and the
