@@ -117,8 +117,18 @@ def get_config():
     # completion attention runs in query blocks of this many slots with an online softmax (exact): its
     # memory follows the block, not the square of the completion length (README "Long completions");
     # 0: one block of max_new_tokens slots against a window of twice that, at any length.
+    # pack_growth: packed widths are a ladder of multiples of pack_multiple, each at least pack_growth times the
+    # one before (1.25: 128, 256, 384, 512, 640, 896, 1152, 1536, ...; 1.0: every multiple), capped at a lane's
+    # rows x max_new_tokens (gpg_em/train/shapes.py): fewer compiled update shapes (the base config's 32 x 96 tokens:
+    # 11 instead of 24) for at most 25% more padded slots plus one multiple (need n -> width <= 128 *
+    # ceil(1.25 n / 128)); padding is exact, results do not change. compile_ahead: after the first update,
+    # a background thread compiles the update (and the old-log-prob pass) for the ladder's other widths at the
+    # prompt widths met so far, nearest first, so a step meeting a new width compiles nothing (README
+    # "Compiled shapes"); "auto": on for GPU/TPU (the host idles while the device samples), off on a CPU
+    # (the compiles would compete with sampling); "true" / "false".
     c.train = ml_collections.ConfigDict(dict(micro_batch_size=0, chunk_size=128, share_prompts=True, pack=True,
-                                             pack_multiple=128, scan_layers=True, remat=True, attention_block=512))
+                                             pack_multiple=128, pack_growth=1.25, compile_ahead="auto",
+                                             scan_layers=True, remat=True, attention_block=512))
     c.eval = ml_collections.ConfigDict(dict(num_prompts=64, max_new_tokens=96, greedy=True))
     # Device mesh over (data, fsdp, tensor); -1 takes the remaining devices (README "Scale-out").
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))

@@ -147,6 +147,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _require(mb >= 0 and (mb == 0 or batch % mb == 0), "train.micro_batch_size",
              f"{mb} does not divide the batch of prompts_per_step*group_size = {batch} rows")
     _require(c.train.pack_multiple >= 1, "train.pack_multiple", f"must be >= 1, got {c.train.pack_multiple}")
+    growth = c.train.pack_growth
+    _require(isinstance(growth, (int, float)) and growth >= 1, "train.pack_growth",
+             f"must be a number >= 1 (1: every multiple of train.pack_multiple), got {growth!r}")
+    _require(str(c.train.compile_ahead).lower() in ("auto", "true", "false"), "train.compile_ahead",
+             f"{c.train.compile_ahead!r} is not auto, true or false")
     _require(c.train.attention_block >= 0, "train.attention_block",
              f"must be >= 0 (0: unblocked), got {c.train.attention_block}")
     _require(not c.train.share_prompts or mb % c.rollout.group_size == 0, "train.micro_batch_size",

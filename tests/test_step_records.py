@@ -79,7 +79,25 @@ def test_compile_event_is_jaxs_and_each_new_executable_counts_once():
     before = compiles.totals()
     f(y).block_until_ready()
     assert first["compiles"] == 1 and first["compile_seconds"] > 0
-    assert compiles.since(before) == {"compiles": 0, "compile_seconds": 0.0, "compile_cache_hits": 0}
+    assert compiles.since(before) == {"compiles": 0, "compile_seconds": 0.0, "compile_cache_hits": 0,
+                                      "compiles_ahead": 0, "compile_ahead_seconds": 0.0}
+
+
+def test_compiles_in_a_background_thread_count_apart():
+    """Within compiles.background() a compile counts as compiles_ahead, in that thread only."""
+    import threading
+    f = jax.jit(lambda x: jnp.cos(x) * 5.0 - 0.654321)  # a program no other test compiles
+    before = compiles.totals()
+
+    def compile_it():
+        with compiles.background():
+            f.lower(jax.ShapeDtypeStruct((5,), jnp.float32)).compile()
+    worker = threading.Thread(target=compile_it)
+    worker.start()
+    worker.join()
+    got = compiles.since(before)
+    assert got["compiles_ahead"] == 1 and got["compile_ahead_seconds"] > 0
+    assert got["compiles"] == 0 and got["compile_seconds"] == 0
 
 
 def test_train_records_hold_mismatch_and_compiles(tmp_path):

@@ -225,13 +225,18 @@ def packing_index(completion_mask_BxN, G: int, width: int, lanes: int = 0):
     return index
 
 
+def lane_need(completion_mask_BxN, G: int, lanes: int = 0) -> int:
+    """Slots the longest lane of `packing_index` needs (at least 1; at most its rows' R * N)."""
+    mask = np.asarray(completion_mask_BxN).astype(bool)
+    lanes = lanes or mask.shape[0] // G
+    return int(_lane_lengths(_group_counts(mask, G, lanes), prompt_block(mask.shape[1])).max(initial=1))
+
+
 def packed_width(completion_mask_BxN, G: int, multiple: int, lanes: int = 0) -> int:
     """Width holding the longest lane (`packing_index`), rounded up to `multiple`, at most its rows' R * N."""
-    mask = np.asarray(completion_mask_BxN).astype(bool)
-    B, N = mask.shape
+    B, N = np.shape(completion_mask_BxN)
     lanes = lanes or B // G
-    most = int(_lane_lengths(_group_counts(mask, G, lanes), prompt_block(N)).max(initial=1))
-    return min(B // lanes * N, -(-most // multiple) * multiple)
+    return min(B // lanes * N, -(-lane_need(completion_mask_BxN, G, lanes) // multiple) * multiple)
 
 
 def stacked_layers(params, num_layers: int):

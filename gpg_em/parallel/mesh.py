@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import flax.linen as nn
 import jax
@@ -112,26 +113,34 @@ def fit_shardings(shapes, shardings, mesh: Mesh):
     return jax.tree.map(lambda s, sh: fit_sharding(s.shape, sh), shapes, shardings)
 
 
-# The mesh whose rules constrain activations while a step is being traced (see `constrain`).
-_ACTIVATION_MESH: list[Mesh] = []
+# The mesh whose rules constrain activations while a step is being traced (see `constrain`), per thread:
+# a step traced in a background thread (gpg_em.train.ahead) does not pin what another thread traces.
+_TRACING = threading.local()
+
+
+def _activation_meshes() -> list[Mesh]:
+    if not hasattr(_TRACING, "meshes"):
+        _TRACING.meshes = []
+    return _TRACING.meshes
 
 
 @contextlib.contextmanager
 def activation_mesh(mesh: Mesh):
     """Within this context, `constrain` pins activations to `mesh` by the table (used while tracing)."""
-    _ACTIVATION_MESH.append(mesh)
+    _activation_meshes().append(mesh)
     try:
         yield mesh
     finally:
-        _ACTIVATION_MESH.pop()
+        _activation_meshes().pop()
 
 
 def constrain(x: jax.Array, names: tuple) -> jax.Array:
     """`x` constrained to the sharding its logical dimension `names` map to (dimensions that do not divide
     their mesh axes replicated); identity outside `activation_mesh` and on one device."""
-    if not _ACTIVATION_MESH or _ACTIVATION_MESH[-1].size == 1:
+    meshes = _activation_meshes()
+    if not meshes or meshes[-1].size == 1:
         return x
-    return jax.lax.with_sharding_constraint(x, fit_sharding(x.shape, logical_sharding(names, _ACTIVATION_MESH[-1])))
+    return jax.lax.with_sharding_constraint(x, fit_sharding(x.shape, logical_sharding(names, meshes[-1])))
 
 
 def on_mesh(fn, mesh: Mesh):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -26,13 +27,13 @@ from gpg_em.configuration import ConfigError
 from gpg_em.data import PromptFormatter, PromptIterator, make_length_fn, make_source
 from gpg_em.errors import Interrupted
 from gpg_em.models import Model
-from gpg_em.models.shared_prefix import packed_width, packing_index
+from gpg_em.models.shared_prefix import lane_need, packing_index
 from gpg_em.parallel import (agree_any, agree_max, batch_shards, gather_host_rows, global_batch, is_primary,
                              left_pad_to, process_slice, replicated_array)
 from gpg_em.rewards import build_rewards
 from gpg_em.rollout.decode_cpu import release_packed_weights
 from gpg_em.rollout.sharded import process_sampler
-from gpg_em.train import checkpoint as ckpt, compiles, guard, host_memory, resume
+from gpg_em.train import ahead, checkpoint as ckpt, compiles, guard, host_memory, resume, shapes
 from gpg_em.train.evaluate import evaluate
 from gpg_em.train.lock import WorkdirLock
 from gpg_em.train.metrics import MetricsWriter, NullWriter
@@ -81,6 +82,20 @@ class Trainer:
         os.makedirs(workdir, exist_ok=True)
         self.checkpoints = ckpt.manager(workdir, c.keep_checkpoints)
         self.last_saved: int | None = None
+        self.rungs = self.packed_widths()
+        self.ahead = ahead.CompileAhead(self.rungs, ahead.enabled(c.train.compile_ahead, jax.default_backend()))
+
+    def packed_widths(self) -> list[int] | None:
+        """The ladder of packed widths a step can meet (`shapes.ladder`); None without `train.pack`."""
+        if not self.run.step_config.pack:
+            return None
+        B, N = self.c.rollout.prompts_per_step * self.spec.group_size, self.spec.max_new_tokens
+        lanes = self.run.step_config.pack_lanes(B, batch_shards(self.run.mesh))
+        return shapes.ladder(self.c.train.pack_multiple, self.c.train.pack_growth, B // lanes * N)
+
+    def shapes_line(self) -> str:
+        prompts = shapes.prompt_widths(self.spec.min_prompt_width, self.c.data.max_prompt_tokens)
+        return shapes.shapes_line(self.rungs, prompts, self.ahead.on)
 
     def policy(self) -> Model:
         return Model(self.run.state.params, self.run.model.config, self.tokenizer)
@@ -127,10 +142,11 @@ class Trainer:
         return arrays
 
     def pack_index(self, completion_mask: np.ndarray) -> jax.Array:
-        """The groups' valid completion tokens end to end in lanes, one width (bucketed) for all processes."""
+        """The groups' valid completion tokens end to end in lanes, one width (a ladder rung, `shapes.ladder`)
+        for all processes."""
         G, mask = self.spec.group_size, gather_host_rows(completion_mask)
         lanes = self.run.step_config.pack_lanes(mask.shape[0], batch_shards(self.run.mesh))
-        width = packed_width(mask, G, self.c.train.pack_multiple, lanes)
+        width = shapes.ladder_width(lane_need(mask, G, lanes), self.rungs)
         return replicated_array(packing_index(mask, G, width, lanes), self.run.mesh)
 
     def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -140,12 +156,24 @@ class Trainer:
         obj = self.run.objective
         t = time.perf_counter()
         if needs_old_logprobs(self.c, obj):
-            arrays["old_logprobs"] = self.run.logprobs(self.run.state.params, arrays)
+            arrays["old_logprobs"] = self.logprobs(self.run.state.params, arrays, compile_ahead=True)
         if obj.kl_coef > 0:
-            arrays["ref_logprobs"] = self.run.logprobs(self.run.model.params, arrays)
+            arrays["ref_logprobs"] = self.logprobs(self.run.model.params, arrays)
         jax.block_until_ready(arrays)
         self._timing["logprob_seconds"] = time.perf_counter() - t
         return arrays
+
+    def logprobs(self, params, arrays: dict[str, jax.Array], compile_ahead: bool = False) -> jax.Array:
+        """The log-prob pass (`run.logprobs`), through an executable compiled ahead when there is one."""
+        rows = {k: arrays[k] for k in self.run.step_config.row_keys}
+        jitted = getattr(self.run.logprobs, "jitted", None)
+        lower = jitted.lower if compile_ahead and jitted is not None else None
+        return self.ahead.run("logprobs", self.run.logprobs, (params, rows), lower)
+
+    def update(self, arrays: dict[str, jax.Array], rng: jax.Array):
+        """One call of the update step (`run.update`), through an executable compiled ahead when there is one."""
+        return self.ahead.run("update", self.run.update, (self.run.state, arrays, rng),
+                              getattr(self.run.update, "lower", None), donated=True)
 
     def step(self, step: int) -> dict[str, Any]:
         self._timing = dict(sample_seconds=0.0, reward_seconds=0.0, logprob_seconds=0.0)
@@ -157,7 +185,7 @@ class Trainer:
         arrays = self.train_batch(batch)
         epochs = self.c.ppo.inner_epochs if self.run.objective.uses_ratio else 1
         for epoch in range(epochs):
-            self.run.state, metrics = self.run.update(self.run.state, arrays, jax.random.PRNGKey(step))
+            self.run.state, metrics = self.update(arrays, jax.random.PRNGKey(step))
         metrics = jax.device_get(metrics)
         host_memory.trim()
         t2 = time.perf_counter()
@@ -222,9 +250,12 @@ class Trainer:
                        if self.checkpoints.all_steps() else [])
             start = self.restore()
             writer = self.open_records(start, changes)
+            if is_primary():
+                print(self.shapes_line(), file=sys.stderr, flush=True)
             try:
                 return self.loop(start, writer, stop)
             finally:
+                self.ahead.close()
                 writer.close()
 
     def loop(self, start: int, writer: MetricsWriter | NullWriter, stop: StopRequests) -> dict[str, Any]:

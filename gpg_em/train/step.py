@@ -252,4 +252,5 @@ def jit_logprobs(cfg: ModelConfig, sc: StepConfig, mesh: Mesh, param_shardings):
     def call(params, batch):
         return jitted(params, {k: batch[k] for k in sc.row_keys})
     call._cache_size = jitted._cache_size  # compiled executables so far (tests assert no recompilation)
+    call.jitted = jitted  # (params, rows of sc.row_keys): lowered ahead of time by gpg_em.train.ahead
     return call
