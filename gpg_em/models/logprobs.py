@@ -90,11 +90,12 @@ def _head(params, cfg: ModelConfig):
 
 
 def _unpack_slots(pack_index_mxL, width: int):
-    """slot [m, width]: the packed slot of each lane position (positions not packed read slot 0: mask them)."""
+    """slot [m, width]: the packed slot of each lane position (positions not packed read slot 0: mask them).
+    One scatter per lane (vmapped): lanes stay independent, so a lane-sharded batch needs no gather."""
     m, L = pack_index_mxL.shape
     target = jnp.where(pack_index_mxL >= 0, pack_index_mxL, width)  # empty slots scatter out of bounds: dropped
-    return jnp.zeros((m, width), jnp.int32).at[jnp.arange(m)[:, None], target].set(
-        jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (m, L)), mode="drop")
+    lane = lambda t: jnp.zeros((width,), jnp.int32).at[t].set(jnp.arange(L, dtype=jnp.int32), mode="drop")
+    return jax.vmap(lane)(target)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "group_size", "temperature", "chunk_size", "remat",

@@ -143,6 +143,11 @@ def constrain(x: jax.Array, names: tuple) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, fit_sharding(x.shape, logical_sharding(names, meshes[-1])))
 
 
+def active_batch_shards() -> int:
+    """`batch_shards` of the mesh `constrain` pins activations to (1 outside `activation_mesh`)."""
+    return batch_shards(_ACTIVATION_MESH[-1]) if _ACTIVATION_MESH else 1
+
+
 def on_mesh(fn, mesh: Mesh):
     """`fn` traced with activations pinned to `mesh` by the logical-axis table (see `constrain`)."""
     def traced(*args):

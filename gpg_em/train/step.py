@@ -11,6 +11,10 @@ accumulates the gradient; memory grows with the micro-batch, not the batch,
 and the loss and metrics are evaluated once on the assembled [B, N] arrays,
 with the full batch's normalisers. A loss that couples rows through the
 log-probs would break this: `tests/test_update_step.py` checks the identity.
+Micro-batch k takes the k-th chunk of every batch shard's rows (`_micro_split`),
+so on a mesh every device computes its own rows of each micro-batch and the
+loop needs no collective but the gradient's all-reduce
+(`tests/test_micro_batches.py`).
 
 With `prompt_group_size` = G the G rows of a group share one prompt forward
 and, with `pack`, their completions are computed end to end without padding
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +32,7 @@ import optax
 from jax.sharding import Mesh
 
 from gpg_em.models import ModelConfig, completion_logprobs, grouped_completion_logprobs
-from gpg_em.parallel import batch_sharding, on_mesh, replicated
+from gpg_em.parallel import active_batch_shards, batch_sharding, constrain, on_mesh, replicated
 from gpg_em.train.objective import Objective, objective_loss
 
 _ROW_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
@@ -70,10 +73,11 @@ class StepConfig:
 
     def pack_lanes(self, rows: int, batch_shards: int = 1) -> int:
         """Lanes of the packed layout (`shared_prefix.packing_index`) for a batch of `rows`: the fewest
-        that split into whole mini-batches, micro-batches and batch shards (a lane's groups then sit
-        in one of each), else one group per lane. Fewer lanes waste fewer slots: only the longest lane is padded."""
+        that split into whole mini-batches and, within each, whole chunks of each batch shard's rows per
+        micro-batch (batch_shards * micro-batches in all; `loss_and_grad`), else one group per lane. Fewer
+        lanes waste fewer slots: only the longest lane is padded."""
         G, M = self.prompt_group_size, self.mini_batches
-        lanes = math.lcm(rows // (self.micro_batch_size or rows // M), batch_shards * M)
+        lanes = batch_shards * (rows // (self.micro_batch_size or rows // M))
         return lanes if (rows // G) % lanes == 0 else rows // G
 
     @property
@@ -91,6 +95,40 @@ def _split(rows, parts: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), rows)
 
 
+def _shard_major(x, shards: int, parts: int):
+    """[R, ...] -> [parts, R / parts, ...]: micro-batch k is the k-th of `parts` local chunks of each of
+    `shards` consecutive row blocks (the batch shards), in shard order; its row j is row
+    (j // r) * R / shards + k * r + j % r, r = R / (shards * parts). One shard: consecutive rows."""
+    x = x.reshape(shards, parts, x.shape[0] // (shards * parts), *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape(parts, -1, *x.shape[3:])
+
+
+def _unsplit(x, shards: int):
+    """The inverse of `_shard_major`: [parts, R / parts, ...] -> [R, ...] in the batch's row order."""
+    x = x.reshape(x.shape[0], shards, x.shape[1] // shards, *x.shape[2:])
+    return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[3:])
+
+
+def _pin(x, lead: int = 0):
+    """`x` with dimension `lead` split over the batch axes, the others replicated (see `constrain`)."""
+    return constrain(x, (None,) * lead + ("batch",) + (None,) * (x.ndim - lead - 1))
+
+
+def _micro_shards(rows, mb: int, unit: int) -> int:
+    """How many batch shards the micro-batches are strided over (`_micro_split`): the active mesh's when
+    each shard's chunk of a micro-batch is whole groups of `unit` rows and (packed) whole lanes, else 1."""
+    D, parts = active_batch_shards(), rows["prompt_ids"].shape[0] // mb
+    lanes = rows["pack_index"].shape[0] if "pack_index" in rows else D * parts
+    return D if mb % (D * unit) == 0 and lanes % (D * parts) == 0 else 1
+
+
+def _micro_split(rows, parts: int, shards: int) -> dict:
+    """Micro-batches [parts, R / parts, ...] that take rows from every batch shard (`_shard_major`), their
+    rows split over the batch axes; pack_index's lanes (consecutive groups) follow the same assignment."""
+    split = {k: _shard_major(x, shards, parts) for k, x in rows.items()}
+    return {k: x if k == "pack_index" else _pin(x, 1) for k, x in split.items()}
+
+
 def _row_logprobs(params, cfg: ModelConfig, rows, *, temperature: float, chunk_size: int, prompt_group_size: int,
                   remat: bool, scan_layers: bool, attention_block: int = 0):
     """(logp, entropy) [B, N] of some rows, prompts shared per group when prompt_group_size > 1."""
@@ -106,7 +144,8 @@ def _row_logprobs(params, cfg: ModelConfig, rows, *, temperature: float, chunk_s
 def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, temperature: float,
                    chunk_size: int, prompt_group_size: int = 0, remat: bool = False, scan_layers: bool = True,
                    attention_block: int = 0):
-    """(logp, entropy) [B, N] of the batch's completions, micro-batch by micro-batch."""
+    """(logp, entropy) [B, N] of the batch's completions, micro-batch by micro-batch; each micro-batch
+    holds rows of every batch shard (`_micro_split`), so every device computes its share of each."""
     one = lambda p, rows: _row_logprobs(p, cfg, rows, temperature=temperature, chunk_size=chunk_size,
                                         prompt_group_size=prompt_group_size, remat=remat, scan_layers=scan_layers,
                                         attention_block=attention_block)
@@ -120,9 +159,9 @@ def batch_logprobs(params, cfg: ModelConfig, batch, *, micro_batch_size: int, te
                          "when prompts are shared")
     if mb == B:
         return one(params, rows)
-    split = _split(rows, B // mb)
-    logp, ent = jax.lax.map(lambda r: one(params, r), split)
-    return logp.reshape(B, -1), ent.reshape(B, -1)
+    D = _micro_shards(rows, mb, max(prompt_group_size, 1))
+    logp, ent = jax.lax.map(lambda r: tuple(map(_pin, one(params, r))), _micro_split(rows, B // mb, D))
+    return _unsplit(logp, D), _unsplit(ent, D)
 
 
 def _sc_options(sc: StepConfig) -> dict:
@@ -152,31 +191,36 @@ def loss_fn(params, cfg: ModelConfig, sc: StepConfig, batch):
 
 
 def loss_and_grad(params, cfg: ModelConfig, sc: StepConfig, batch):
-    """((loss, aux), grads) of the full-batch loss, accumulated over micro-batches (module docstring)."""
+    """((loss, aux), grads) of the full-batch loss, accumulated over micro-batches (module docstring).
+
+    Micro-batch k holds the k-th local chunk of rows of every batch shard (`_micro_split`): each device
+    computes its own rows of every micro-batch, and the log-probs go back to their rows (`_unsplit`)."""
     B = batch["prompt_ids"].shape[0]
     mb = sc.micro_batch_size or B
     if B % mb:
         raise ValueError(f"micro_batch_size={mb} does not divide the batch of {B} rows")
     if mb == B:
         return jax.value_and_grad(loss_fn, has_aux=True)(params, cfg, sc, batch)
-    N = batch["completion_ids"].shape[1]
-    split = _split(_rows(batch), B // mb)
+    N, parts = batch["completion_ids"].shape[1], B // mb
+    rows = _rows(batch)
+    D = _micro_shards(rows, mb, max(sc.prompt_group_size, 1))
 
-    def micro_loss(p, start, rows):
-        logp_m, ent_m = batch_logprobs(p, cfg, rows, micro_batch_size=0, **_sc_options(sc))
-        place = lambda x: jax.lax.dynamic_update_slice_in_dim(jnp.zeros((B, N), jnp.float32), x, start, 0)
+    def micro_loss(p, k, rows_k):
+        logp_m, ent_m = map(_pin, batch_logprobs(p, cfg, rows_k, micro_batch_size=0, **_sc_options(sc)))
+        zeros = _pin(jnp.zeros((parts, mb, N), jnp.float32), 1)
+        place = lambda x: _unsplit(jax.lax.dynamic_update_index_in_dim(zeros, x, k, 0), D)  # [B, N], rows of k
         loss, _ = objective_loss(sc.objective, place(logp_m), place(ent_m), batch)
         return loss, (logp_m, ent_m)
 
     def body(grads, xs):
-        start, rows = xs
-        (_, out), g = jax.value_and_grad(micro_loss, has_aux=True)(params, start, rows)
+        (_, out), g = jax.value_and_grad(micro_loss, has_aux=True)(params, *xs)
         return jax.tree.map(jnp.add, grads, g), out
 
-    starts = jnp.arange(B // mb) * mb
-    grads, (logp, ent) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (starts, split))
-    loss, aux = objective_loss(sc.objective, logp.reshape(B, N), ent.reshape(B, N), batch)
-    return (loss, {**aux, **rollout_mismatch(logp.reshape(B, N), batch)}), grads
+    xs = (jnp.arange(parts), _micro_split(rows, parts, D))
+    grads, (logp, ent) = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), xs)
+    logp, ent = _unsplit(logp, D), _unsplit(ent, D)
+    loss, aux = objective_loss(sc.objective, logp, ent, batch)
+    return (loss, {**aux, **rollout_mismatch(logp, batch)}), grads
 
 
 def _one_update(state, batch, *, cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation, schedule):
@@ -191,12 +235,15 @@ def _one_update(state, batch, *, cfg: ModelConfig, sc: StepConfig, tx: optax.Gra
 
 def split_mini_batches(batch, mini_batches: int) -> dict:
     """Every batch array [R, ...] -> [mini_batches, R / mini_batches, ...]: consecutive rows (whole
-    groups, as the batch holds groups in order) and, for `pack_index`, whole lanes."""
+    groups, as the batch holds groups in order) and, for `pack_index`, whole lanes. Which rows form a
+    mini-batch does not depend on the mesh (it changes the result); each mini-batch's rows are split
+    over the batch axes, so the batch is redistributed once, before the pass, and every device works
+    on every mini-batch."""
     for k, x in batch.items():
         if x.shape[0] % mini_batches:
             raise ValueError(f"ppo.mini_batches={mini_batches} does not divide the {x.shape[0]} "
                              f"{'lanes' if k == 'pack_index' else 'rows'} of {k}")
-    return _split(batch, mini_batches)
+    return {k: x if k == "pack_index" else _pin(x, 1) for k, x in _split(batch, mini_batches).items()}
 
 
 def update_step(state, batch, rng, *, cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation,
