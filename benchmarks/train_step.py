@@ -41,8 +41,10 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # ru_maxrss is in KiB on Linux
 
 
-def gpg_em_config(new_tokens: int):
+def gpg_em_config(new_tokens: int, overrides: tuple[str, ...] = ()):
+    """The gpg_em side's run config; `overrides` are "key=value" settings (`--set`), applied last."""
     from configs.grpo import get_config
+    from gpg_em.configuration import apply_override
     c = get_config()
     c.rollout.prompts_per_step, c.rollout.group_size = WORK["prompts"], WORK["samples"]
     c.rollout.max_new_tokens, c.rollout.temperature = new_tokens, 1.0
@@ -51,6 +53,11 @@ def gpg_em_config(new_tokens: int):
     # train.micro_batch_size stays 0 (the whole batch in one forward/backward): with the layers scanned and
     # rematerialised, the 4 groups' activations are smaller than a micro-batch loop's gradient accumulator
     # (update temporaries 1.37 vs 1.60 GiB) and the step is faster (26-28 vs 31-33 s on this CPU)
+    for kv in overrides:
+        key, sep, text = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {kv!r}: expected KEY=VALUE, e.g. --set train.compile_ahead=true")
+        apply_override(c, key, text)
     return c
 
 
@@ -82,7 +89,9 @@ def run_gpg_em(a) -> dict:
     compile_s = [0.0]
     jax.monitoring.register_event_duration_secs_listener(
         lambda name, secs, **kw: compile_s.__setitem__(0, compile_s[0] + secs) if name == COMPILE_EVENT else None)
-    c = gpg_em_config(a.new_tokens)
+    c = gpg_em_config(a.new_tokens, a.set)
+    if a.cold:
+        c.compilation_cache_dir = tempfile.mkdtemp(prefix="bench_xla_cache_")  # empty: every shape compiles
     trainer = Trainer(c, tempfile.mkdtemp(prefix="bench_gpg_em_"))
     steps = []
     for i in range(a.warmup + a.steps):
@@ -160,6 +169,7 @@ def child(side: str, a) -> None:
 def spawn(side: str, a) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--steps", str(a.steps),
            "--warmup", str(a.warmup), "--new-tokens", str(a.new_tokens), "--tmp", a.tmp]
+    cmd += ["--cold"] * a.cold + [x for kv in a.set for x in ("--set", kv)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))))
     result = None
@@ -211,6 +221,8 @@ def main():
     p.add_argument("--sides", default="gpg_em,trl")
     p.add_argument("--side", default=None, help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="/tmp/gpg_em_train_bench")
+    p.add_argument("--cold", action="store_true", help="gpg_em compiles into an empty XLA cache (no warm cache)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a gpg_em config override")
     a = p.parse_args()
     if a.side:
         return child(a.side, a)
