@@ -145,7 +145,8 @@ def constrain(x: jax.Array, names: tuple) -> jax.Array:
 
 def active_batch_shards() -> int:
     """`batch_shards` of the mesh `constrain` pins activations to (1 outside `activation_mesh`)."""
-    return batch_shards(_ACTIVATION_MESH[-1]) if _ACTIVATION_MESH else 1
+    meshes = _activation_meshes()
+    return batch_shards(meshes[-1]) if meshes else 1
 
 
 def on_mesh(fn, mesh: Mesh):
