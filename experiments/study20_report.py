@@ -76,12 +76,14 @@ def score_table(runs: list[dict[str, Any]], mode: str) -> tuple[np.ndarray, list
 
 
 def cost(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean over finished runs of wall seconds (rollout + update) and process CPU seconds per run."""
+    """Mean over finished runs of wall seconds and process CPU seconds per run. Wall: the run's steps x its
+    median step (rollout + update), so a step stretched by a pause or another process's load does not
+    decide it; CPU: the summed process CPU seconds (all threads), robust to sharing the machine."""
     wall, cpu = [], []
     for r in runs:
         train = [x for x in r["records"] if x.get("kind") == "train"]
         if train and train[-1]["step"] >= 20:
-            wall.append(sum(x["rollout_seconds"] + x["update_seconds"] for x in train))
+            wall.append(len(train) * float(np.median([x["rollout_seconds"] + x["update_seconds"] for x in train])))
             cpu.append(sum(x.get("cpu_seconds", np.nan) for x in train))
     return {"wall_s": float(np.mean(wall)) if wall else np.nan, "cpu_s": float(np.mean(cpu)) if cpu else np.nan,
             "runs": len(wall)}
@@ -124,7 +126,7 @@ def method_table(runs: list[dict[str, Any]], methods: list[str], base: dict[str,
                  reference: str = "grpo") -> tuple[list[str], dict[str, dict[str, Interval]]]:
     """The test table: scores with intervals, paired differences against `reference` and the base model."""
     rows = ["| method | lr | seeds | greedy pass@1 | avg@8 | greedy - GRPO | greedy - base | avg@8 - base "
-            "| train s/run (wall) | CPU s/run |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| train s/run (wall, steps x median step) | CPU s/run |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     stats: dict[str, dict[str, Interval]] = {}
     ref_runs = [r for r in runs if r["method"] == reference and r["test"] is not None]
     for method in methods:
