@@ -55,9 +55,9 @@ def max_diff(a, b):
 def placement(state):
     """Spec and per-device shard shape of a few parameters and an Adam moment."""
     layer = state.params["layers_0"]
-    adam = state.opt_state[1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
+    adam = state.opt_state[1][0]  # chain(clip, adamw): adamw's ScaleByAdamState, over the layers stacked
     leaves = {"q_proj": layer["attn"]["q_proj"]["kernel"], "down_proj": layer["mlp"]["down_proj"]["kernel"],
-              "embed": state.params["embed"], "adam_mu_q_proj": adam.mu["layers_0"]["attn"]["q_proj"]["kernel"]}
+              "embed": state.params["embed"], "adam_mu_q_proj": adam.mu["layers"]["attn"]["q_proj"]["kernel"]}
     return {k: {"spec": [str(a) for a in v.sharding.spec], "shape": list(v.shape),
                 "shard_shape": list(v.addressable_shards[0].data.shape), "n_shards": len(v.addressable_shards)}
             for k, v in leaves.items()}

@@ -68,7 +68,9 @@ def test_params_and_adam_moments_are_sharded_not_replicated(eight_devices, mesh,
     assert q["spec"] == ["fsdp", "tensor"] and q["n_shards"] == 8
     assert q["shard_shape"] == [q["shape"][0] // fsdp, q["shape"][1] // tensor]
     assert placed["down_proj"]["shard_shape"] == [64 // tensor, 32 // fsdp]  # [mlp, embed]
-    assert placed["adam_mu_q_proj"] == q  # optimizer state follows its parameter
+    mu = placed["adam_mu_q_proj"]  # optimizer state follows its parameter, behind the unsharded layer axis
+    assert mu["spec"] == ["None"] + q["spec"] and mu["n_shards"] == 8
+    assert mu["shape"] == [2] + q["shape"] and mu["shard_shape"] == [2] + q["shard_shape"]
 
 
 @pytest.mark.parametrize("shape,n,expected", [((-1, 1, 1), 8, (8, 1, 1)), ((1, -1, 4), 8, (1, 2, 4)),

@@ -55,7 +55,7 @@ def restore_policy(workdir: str, step: int | None = None) -> tuple[Model, ml_col
     if step is not None and step not in steps:
         raise UserError(f"--step {step}: {workdir} has no checkpoint of that step; it has steps {steps}")
     step = steps[-1] if step is None else step
-    state, _ = ckpt.restore(mngr, step, ckpt.abstract_like(run.state))
+    state, _ = ckpt.restore_any_layout(mngr, step, ckpt.abstract_like(run.state))
     return Model(state.params, run.model.config, run.model.tokenizer), c, int(step)
 
 

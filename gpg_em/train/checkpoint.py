@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from gpg_em.errors import UserError
+from gpg_em.train import layer_stack
 
 
 def manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -94,6 +95,33 @@ def quarantine(workdir: str, step: int) -> str:
     return dest
 
 
+def _holds_per_layer_optimizer(step_dir: str, abstract_state) -> bool:
+    """Whether the checkpoint matches `abstract_state` once its optimizer state is per layer (the layout before
+    `layer_stack`)."""
+    return hasattr(abstract_state, "opt_state") and \
+        shape_mismatch(step_dir, layer_stack.per_layer_abstract(abstract_state)) is None
+
+
+def _restore_per_layer(mngr, step: int, abstract_state, finite) -> tuple[Any, dict] | str:
+    """(state, loop) of a checkpoint holding the optimizer state per layer, stacked; or why it is unusable."""
+    try:
+        state, loop = restore(mngr, step, layer_stack.per_layer_abstract(abstract_state))
+    except Exception as e:  # noqa: BLE001 - any read failure marks the checkpoint broken
+        return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if not finite(state.params):
+        return "non-finite parameters"
+    return layer_stack.stacked_state(state, abstract_state), loop
+
+
+def restore_any_layout(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:
+    """`restore`, also of a checkpoint holding the optimizer state per layer (stacked on restore)."""
+    step_dir = os.path.join(str(mngr.directory), str(step))
+    if shape_mismatch(step_dir, abstract_state) and _holds_per_layer_optimizer(step_dir, abstract_state):
+        state, loop = restore(mngr, step, layer_stack.per_layer_abstract(abstract_state))
+        return layer_stack.stacked_state(state, abstract_state), loop
+    return restore(mngr, step, abstract_state)
+
+
 def _try_restore(mngr, workdir: str, step: int, abstract_state, finite) -> tuple[Any, dict] | str:
     """(state, loop) of `step`, or why it is unusable; raises UserError on a shape mismatch."""
     step_dir = os.path.join(os.path.abspath(workdir), "checkpoints", str(step))
@@ -101,6 +129,8 @@ def _try_restore(mngr, workdir: str, step: int, abstract_state, finite) -> tuple
         mismatch = shape_mismatch(step_dir, abstract_state)
     except Exception as e:  # noqa: BLE001 - unreadable metadata: a broken checkpoint
         return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if mismatch and _holds_per_layer_optimizer(step_dir, abstract_state):
+        return _restore_per_layer(mngr, step, abstract_state, finite)
     if mismatch:
         raise UserError(f"{step_dir}: {mismatch}; this run's model or optimizer differs from the ones this "
                         "workdir was trained with: use another --workdir, or the original settings")

@@ -16,6 +16,7 @@ temps are XLA:CPU's, which differ somewhat from a TPU's or GPU's.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -26,6 +27,7 @@ from gpg_em.parallel import batch_shards, make_mesh
 from gpg_em.rollout.sampler import prompt_bucket
 from gpg_em.rollout.sampling import SamplingConfig
 from gpg_em.rollout.sharded import ShardedSampler
+from gpg_em.train import layer_stack
 from gpg_em.train.optim import OptimConfig, make_optimizer
 from gpg_em.train.setup import batch_keys, build_objective, model_config
 from gpg_em.train.state import TrainState, state_shardings
@@ -59,7 +61,7 @@ def plan_update(c, cfg, params, mesh) -> dict[str, int]:
     objective = build_objective(c)
     shardings = state_shardings(cfg, tx, params, mesh)
     state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                       opt_state=jax.eval_shape(tx.init, params))
+                       opt_state=jax.eval_shape(functools.partial(layer_stack.init, tx), params))
     sc = StepConfig.from_config(c, objective)
     keys = batch_keys(c, objective, sc)
     step = jit_update_step(cfg, sc, tx, schedule, mesh, shardings, keys)

@@ -1,6 +1,7 @@
 """Train state and its sharded creation without a host copy of the optimizer state."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -11,6 +12,7 @@ from jax.sharding import Mesh
 
 from gpg_em.models import ModelConfig, logical_axes
 from gpg_em.parallel import fit_shardings, logical_to_sharding, replicated
+from gpg_em.train import layer_stack
 
 
 @flax.struct.dataclass
@@ -26,9 +28,10 @@ def param_shardings(cfg: ModelConfig, params, mesh: Mesh):
 
 
 def opt_shardings(tx: optax.GradientTransformation, abstract_params, p_shard, mesh: Mesh):
-    """Optimizer-state shardings: Adam moments follow their parameter's sharding; counters are replicated."""
-    abstract = jax.eval_shape(tx.init, abstract_params)
-    return optax.tree_map_params(tx, lambda _, s: s, abstract, p_shard,
+    """Optimizer-state shardings (the state is over `layer_stack.stack(params)`): Adam moments follow their
+    parameter's sharding, a stacked layer leaf's with the layer axis unsharded; counters are replicated."""
+    abstract = jax.eval_shape(functools.partial(layer_stack.init, tx), abstract_params)
+    return optax.tree_map_params(tx, lambda _, s: s, abstract, layer_stack.stack_shardings(p_shard),
                                  transform_non_params=lambda _: replicated(mesh))
 
 
@@ -47,7 +50,7 @@ def create_state(params, cfg: ModelConfig, tx: optax.GradientTransformation, mes
     """
     shardings = state_shardings(cfg, tx, params, mesh)
     params = jax.device_put(params, shardings.params)
-    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    opt_state = jax.jit(functools.partial(layer_stack.init, tx), out_shardings=shardings.opt_state)(params)
     state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated(mesh)), params=params,
                        opt_state=opt_state)
     return state, shardings

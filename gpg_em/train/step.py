@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 
 from gpg_em.models import ModelConfig, completion_logprobs, grouped_completion_logprobs
 from gpg_em.parallel import active_batch_shards, batch_sharding, constrain, on_mesh, replicated
+from gpg_em.train import layer_stack
 from gpg_em.train.objective import Objective, objective_loss
 
 _ROW_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
@@ -226,8 +227,8 @@ def loss_and_grad(params, cfg: ModelConfig, sc: StepConfig, batch):
 def _one_update(state, batch, *, cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation, schedule):
     """One optimizer step on the loss of `batch` (all its rows): (state, metrics)."""
     (loss, aux), grads = loss_and_grad(state.params, cfg, sc, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    grads = layer_stack.stack(grads)
+    params, opt_state = layer_stack.update(tx, grads, state.opt_state, state.params)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step), **aux}
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
