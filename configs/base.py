@@ -62,7 +62,8 @@ def get_config():
     # model; attention still computes in the compute dtype with float32 scores). Changes what is sampled.
     c.rollout.kv_dtype = "auto"
     # Continuous batching: decode a rollout's rows this many at a time, a finished row's slot refilled at
-    # once with the next row (same tokens and log-probs). 0: all rows at once; -1: as many as the KV
+    # once with the next row (the same draws; tokens equal up to float rounding of the logits, README
+    # "Continuous batching"). 0: all rows at once; -1: as many as the KV
     # caches of half the free device memory hold (README "Continuous batching").
     c.rollout.decode_slots = 0
 

@@ -105,7 +105,8 @@ def generate_all(model: Model, prompts: Sequence[str], decoding: Decoding, *, ma
     """Runs `decoding` over all prompt texts in chunks of about `rows_per_call` rows.
 
     `decode_slots` (0: all): rows of a chunk decoded at once (continuous batching, `sampler.sample`); it
-    changes no sample, while `rows_per_call` changes the chunks and so their seeds.
+    keeps each row's draws (samples equal up to float rounding of the logits, README "Continuous
+    batching"), while `rows_per_call` changes the chunks and so their seeds.
 
     Chunks hold a fixed number of prompts; the last one is padded by repeating
     its final prompt (results dropped) so it reuses the compiled shapes.

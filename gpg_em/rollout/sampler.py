@@ -19,7 +19,8 @@
   max_new_tokens.
 * `decode_slots` >= 1 (config `rollout.decode_slots`) decodes the rows that
   many at a time instead, refilling a finished row's slot at once with the
-  next row (continuous batching, `slots.py`): same tokens and log-probs.
+  next row (continuous batching, `slots.py`): the same draws, so the same tokens and log-probs up to
+  float rounding of the logits (a draw within rounding of a CDF boundary can differ; README).
 * Compiled shapes: one (prefill, decode) pair per distinct
   (n, P, max_new_tokens, num_samples, cfg, sampling). Callers bucket P with
   `prompt_bucket` (powers of two >= 16, see there) so a stream of prompts of
@@ -263,7 +264,8 @@ def sample(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, sa
     `compact_min_rows`: a bounded set of compiled shapes.
 
     `decode_slots` (config `rollout.decode_slots`): 0 decodes all rows at once as above; S >= 1 decodes
-    them S at a time with continuous batching (`slots.sample_in_slots`: same tokens and log-probs),
+    them S at a time with continuous batching (`slots.sample_in_slots`: the same draws, tokens equal up
+    to float rounding of the logits),
     -1 chooses S from free memory (`slots.resolve_slots`).
     """
     if decode_slots:
