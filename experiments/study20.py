@@ -185,14 +185,14 @@ def base_sampling_job(task: dict[str, Any]) -> Job:
 
 
 def jobs() -> list[Job]:
-    """Every job of the study in run order (seed 0 at each rate, the winners' tests, other seeds, task 2)."""
-    out = []
+    """Every job of the study in run order (the base model's test and decoding rows, seed 0 at each rate,
+    the winners' tests, other seeds, task 2)."""
+    out = [base_sampling_job(CHAIN_SUM), decoding_job(CHAIN_SUM)]
     for method in METHODS:
         out += [train_job("select", run_spec(method, lr, 0)) for lr in LEARNING_RATES]
         lr = chosen_lr(method)
         out.append(test_job("select", run_spec(method, lr or LEARNING_RATES[0], 0), CHAIN_SUM)
                    if lr is not None else Job(f"test  {method} seed0", "select", False, True, None))
-    out.append(base_sampling_job(CHAIN_SUM))
     for seed in SEEDS[1:]:
         for method in METHODS:
             lr = chosen_lr(method)
@@ -201,7 +201,7 @@ def jobs() -> list[Job]:
                 continue
             run = run_spec(method, lr, seed)
             out += [train_job("seeds", run), test_job("seeds", run, CHAIN_SUM)]
-    out += [decoding_job(CHAIN_SUM), base_sampling_job(PRODUCTS)]
+    out.append(base_sampling_job(PRODUCTS))
     for seed in SEEDS:
         for method in TASK2_METHODS:
             lr = chosen_lr(method)
