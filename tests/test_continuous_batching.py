@@ -29,16 +29,21 @@ def params():
     return p
 
 
-def run(mode: str, decode_slots: int, max_new_tokens: int = 40, seed: int = 3):
+def run(mode: str, decode_slots: int, max_new_tokens: int = 40, seed: int = 3, step: str = "default"):
+    """The rollout on the default decode step (the native kernel where it builds) or, step="xla", the XLA step."""
     ids, mask = left_pad(PROMPTS, pad_id=0)
     sampling = SamplingConfig(stop_token_ids=STOPS, **MODES[mode])
-    return jax.device_get(sampler.sample(params(), ids, mask, jax.random.PRNGKey(seed), cfg=TINY, sampling=sampling,
-                                         max_new_tokens=max_new_tokens, num_samples=4, decode_slots=decode_slots))
+    with pytest.MonkeyPatch.context() as m:
+        if step == "xla":
+            m.setenv("GPG_EM_CPU_KERNEL", "0")
+        return jax.device_get(sampler.sample(params(), ids, mask, jax.random.PRNGKey(seed), cfg=TINY,
+                                             sampling=sampling, max_new_tokens=max_new_tokens, num_samples=4,
+                                             decode_slots=decode_slots))
 
 
 @functools.cache
-def reference(mode: str, max_new_tokens: int = 40):
-    return run(mode, 0, max_new_tokens)
+def reference(mode: str, max_new_tokens: int = 40, step: str = "default"):
+    return run(mode, 0, max_new_tokens, step=step)
 
 
 def assert_same(got, want):
@@ -50,20 +55,22 @@ def assert_same(got, want):
     np.testing.assert_allclose(got.entropies, want.entropies, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("step", ["default", "xla"])
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("S", [4, 5])
-def test_slots_equal_all_rows(monkeypatch, mode, S):
+def test_slots_equal_all_rows(monkeypatch, mode, S, step):
     """12 rows in S slots: rows end at different steps, so slots are refilled mid-rollout, and every row's
-    tokens and log-probs are those of the all-rows sampler."""
+    tokens and log-probs are those of the all-rows sampler on the same decode step (the CPU kernel with
+    one generated-slot index per row, or the XLA step)."""
     calls = []
     refill = slots.refill
     monkeypatch.setattr(slots, "refill", lambda state, store, new_row, **kw: calls.append(
         int((np.asarray(new_row) < 12).sum())) or refill(state, store, new_row, **kw))
-    want = reference(mode)
+    want = reference(mode, step=step)
     lengths = want.mask.sum(1)
     if mode != "greedy":
         assert lengths.min() <= 3 and lengths.max() >= 15, lengths  # uneven: refills happen mid-decode
-    assert_same(run(mode, S), want)
+    assert_same(run(mode, S, step=step), want)
     started = int((lengths > 1).sum())  # rows whose token 0 is not a stop token take a slot
     assert calls[0] == min(S, started) and sum(calls) == started and len(calls) > 1, calls
 
@@ -84,9 +91,9 @@ def test_rows_past_a_generated_block(monkeypatch):
     """GEN_BLOCK = 8 and a 37-token budget: slots at different lengths read different numbers of blocks (the
     last one clamped); each row still reads exactly its own filled slots."""
     monkeypatch.setattr(decode_step, "GEN_BLOCK", 8)  # 37 tokens: a shape no other test compiles
-    want = run("t1", 0, max_new_tokens=37, seed=5)
+    want = run("t1", 0, max_new_tokens=37, seed=5, step="xla")
     assert want.mask.sum(1).max() > 16 and want.mask.sum(1).min() < 8
-    assert_same(run("t1", 3, max_new_tokens=37, seed=5), want)
+    assert_same(run("t1", 3, max_new_tokens=37, seed=5, step="xla"), want)
 
 
 def test_compiled_programs_per_shape():
@@ -180,3 +187,16 @@ def test_trainer_and_eval_pass_decode_slots_on(monkeypatch):
     harness.generate_all(types.SimpleNamespace(tokenizer=None), [[1, 2]] * 3, decoding, max_new_tokens=2, seed=0,
                          rows_per_call=4, decode_slots=3)
     assert len(seen) == 2 and all(s.func is sampler.sample and s.keywords == {"decode_slots": 3} for s in seen)
+
+
+def test_slots_decode_with_the_cpu_kernel_where_it_applies(monkeypatch):
+    """On a CPU with the native kernel, the slot loop's step is the kernel's, with one index per slot."""
+    from gpg_em.kernels import decode_kernel_available
+    from gpg_em.rollout import decode_cpu
+    if not decode_kernel_available():
+        pytest.skip("the native CPU decode kernel does not build here")
+    traced = []
+    real = decode_cpu.step
+    monkeypatch.setattr(decode_cpu, "step", lambda *a: traced.append(jnp.ndim(a[-1])) or real(*a))
+    run("t1", 4, max_new_tokens=23, seed=2)  # 23 tokens: a shape no other test compiles, so it is traced here
+    assert 1 in traced, traced  # the slot step, per-row index [S]

@@ -71,6 +71,31 @@ def test_kernel_step_equals_xla_step(variant, n, G, index):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
 
 
+@needs_kernel
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_kernel_step_with_an_index_per_row_equals_xla_step(variant):
+    """Continuous batching's step: each row reads its own generated slots < index[b] and writes at index[b]."""
+    cfg = dataclasses.replace(BASE, **VARIANTS[variant])
+    params = _params(cfg)
+    n, G, P, N = 6, 1, 6, 16
+    cache, mask, tokens, positions = _random_step(cfg, n, G, P, N, seed=7)
+    index = jnp.asarray([0, 15, 3, 8, 1, 15], jnp.int32)
+    weights = decode_step.decode_weights(params, cfg, transpose=True)
+    hidden, want_cache = decode_step.step_hidden(weights, cfg, tokens, positions, mask, cache, index)
+    want = decode_step.step_logits(weights, cfg, hidden)
+    got, got_cache = jax.jit(lambda p, c: decode_cpu.step(p, cfg, tokens, positions, mask, c, index))(
+        decode_cpu.pack_weights(params, cfg=cfg), cache)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5 * float(jnp.abs(want).max()), rtol=0)
+    for g, w in zip(got_cache, want_cache):
+        for a, b in zip(g, w):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+    # a row at its own index differs from the same row at another: the per-row index is read
+    shifted, _ = decode_cpu.step(decode_cpu.pack_weights(params, cfg=cfg), cfg, tokens, positions, mask, cache,
+                                 index.at[1].set(2))
+    assert not np.allclose(np.asarray(shifted)[1], np.asarray(got)[1])
+    np.testing.assert_array_equal(np.asarray(shifted)[0], np.asarray(got)[0])
+
+
 def test_pack_panels_layout():
     """packed[p, k, c] = w[k, 48 p + c], zero beyond the last column (checked against numpy indexing)."""
     w = np.random.default_rng(0).normal(size=(5, 100)).astype(np.float32)
@@ -104,6 +129,11 @@ def test_kernel_reports_a_bad_index():
     packed = decode_cpu.pack_weights(_params(cfg), cfg=cfg)
     with pytest.raises(Exception, match="index outside the generated slots"):
         jax.block_until_ready(decode_cpu.step(packed, cfg, tokens, positions, mask, cache, 8))
+    with pytest.raises(Exception, match="index outside the generated slots"):  # one row's index past N
+        jax.block_until_ready(decode_cpu.step(packed, cfg, tokens, positions, mask, cache,
+                                              jnp.asarray([0, 8, 1, 2], jnp.int32)))
+    with pytest.raises(Exception, match="index must hold 1 or B values"):
+        jax.block_until_ready(decode_cpu.step(packed, cfg, tokens, positions, mask, cache, jnp.zeros(3, jnp.int32)))
 
 
 @needs_kernel

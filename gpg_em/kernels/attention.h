@@ -13,7 +13,9 @@ namespace gpg_em_cpu {
 
 
 struct Dims {
-  int64_t L, B, D, H, KVH, Dh, F, V, n, G, P, N, index;
+  int64_t L, B, D, H, KVH, Dh, F, V, n, G, P, N, index;  // index: the largest row's (scratch sizes)
+  const int32_t* row_index = nullptr;  // [B] per-row generated slots (continuous batching), or null
+  int64_t Index(int64_t b) const { return row_index ? row_index[b] : index; }
   int64_t Q() const { return H / KVH; }
   int64_t NQKV() const { return (H + 2 * KVH) * Dh; }
 };
@@ -140,12 +142,12 @@ inline void Softmax(float* sq, int64_t S, float scale, const float* bias, int64_
   }
 }
 
-// Attention of row b's Q query heads of kv-head kh over [prompt slots ++ generated slots < index ++
+// Attention of row b's Q query heads of kv-head kh over [prompt slots ++ generated slots < index(b) ++
 // this step's key]: softmax(q.k / sqrt(Dh)) @ v. `prompt_bias` [n, P] is 0 on real prompt slots and
-// -inf on padding. Writes out[h Dh + d] for h = kh Q + q. `s` holds Q S floats, S = P + index + 1.
+// -inf on padding. Writes out[h Dh + d] for h = kh Q + q. `s` holds Q S floats, S = P + index(b) + 1.
 inline void AttendOne(const Dims& dm, const LayerCache& c, const float* prompt_bias, const float* q_row,
                       const float* k_new, const float* v_new, int64_t b, int64_t kh, float* s, float* out) {
-  const int64_t Q = dm.Q(), Dh = dm.Dh, P = dm.P, T = dm.index, S = P + T + 1;
+  const int64_t Q = dm.Q(), Dh = dm.Dh, P = dm.P, T = dm.Index(b), S = P + T + 1;
   const int64_t i = b / dm.G, j = b % dm.G;
   const float* query = q_row + kh * Q * Dh;
   const float* pk = c.prompt_k_t + (i * dm.KVH + kh) * Dh * P;

@@ -16,8 +16,8 @@
 //
 // Operands (L layers, B = n G rows prompt-major, D model width, H/KVH heads, Dh head dim, F MLP
 // width, V vocabulary, P prompt slots, N generated slots):
-//   x [B, D] embedded tokens; cos, sin [B, Dh]; prompt_mask [n, P] int32; index [] int32 (the slot
-//   this step's key/value go to: generated slots < index are filled);
+//   x [B, D] embedded tokens; cos, sin [B, Dh]; prompt_mask [n, P] int32; index [] or [B] int32 (the
+//   slot this step's key/value go to, for all rows or per row: generated slots < index are filled);
 //   in_norm, post_norm [L, D]; final_norm [D]; w_qkv packed [L, *, D, 48] of [q | k | v] (H Dh +
 //   2 KVH Dh columns) and b_qkv [L, H Dh + 2 KVH Dh]; w_o packed [L, *, H Dh, 48]; w_gu packed
 //   [L, *, D, 48] of [gate | up] (2 F columns); w_down packed [L, *, F, 48]; w_head packed [*, D, 48];
@@ -25,7 +25,7 @@
 //   then per layer the cache: prompt_k_t [n, KVH, Dh, P], prompt_v [n, KVH, P, Dh],
 //   gen_k_t [n, KVH, G, Dh, N], gen_v [n, KVH, G, N, Dh].
 // Results: logits [B, V]; k_new, v_new [L, n, KVH, G, Dh] (RoPE applied to k), which the caller
-// writes at generated slot `index` of each layer's cache.
+// writes at generated slot `index` (per row: index[b]) of each layer's cache.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -160,8 +160,12 @@ ffi::Error DecodeStep(ffi::Buffer<ffi::F32> x_in, ffi::Buffer<ffi::F32> cos, ffi
   auto first_cache = caches.get<ffi::Buffer<ffi::F32>>(2);
   if (first_cache.has_error()) return first_cache.error();
   dm.N = first_cache.value().dimensions()[4];
-  dm.index = index.typed_data()[0];
-  if (dm.index < 0 || dm.index >= dm.N) return Fail("index outside the generated slots");
+  const int64_t n_index = int64_t(index.element_count());
+  if (n_index != 1 && n_index != dm.B) return Fail("index must hold 1 or B values");
+  dm.row_index = n_index == dm.B ? index.typed_data() : nullptr;
+  dm.index = *std::max_element(index.typed_data(), index.typed_data() + n_index);
+  if (*std::min_element(index.typed_data(), index.typed_data() + n_index) < 0 || dm.index >= dm.N)
+    return Fail("index outside the generated slots");
   const auto panels = [](int64_t n) { return (n + kPanel - 1) / kPanel; };
   const int64_t L = dm.L, D = dm.D, HDh = dm.H * dm.Dh;
   const struct {

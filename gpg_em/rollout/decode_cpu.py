@@ -27,7 +27,7 @@ import numpy as np
 
 from gpg_em.kernels import DECODE_STEP_TARGET, decode_kernel_available
 from gpg_em.models.config import ModelConfig
-from gpg_em.rollout.decode_step import KVCache, rope_cos_sin
+from gpg_em.rollout.decode_step import KVCache, put_generated, rope_cos_sin
 
 PANEL = 48  # packed panel width, as kPanel in decode_cpu.cc
 
@@ -131,7 +131,8 @@ def packed_weights(params, cfg: ModelConfig) -> PackedWeights:
 
 def step(packed: PackedWeights, cfg: ModelConfig, token_B, position_B, prompt_mask_nxP, cache: list[KVCache],
          index):
-    """(float32 logits [B, V], the cache with this step's keys/values at generated slot `index`)."""
+    """(float32 logits [B, V], the cache with this step's keys/values at generated slot `index`: [] for all
+    rows, or [B] per row (continuous batching, `slots`))."""
     if not decode_kernel_available():  # (also registers the FFI target in this process)
         raise RuntimeError("the CPU decode kernel is unavailable here (see the warning); decode with "
                            "decode_step.step_hidden instead")
@@ -147,8 +148,4 @@ def step(packed: PackedWeights, cfg: ModelConfig, token_B, position_B, prompt_ma
         num_heads=np.int64(cfg.num_heads), num_kv_heads=np.int64(cfg.num_kv_heads),
         intermediate_size=np.int64(cfg.intermediate_size), eps=np.float32(cfg.rms_norm_eps),
         qk_norm=np.int64(cfg.qk_norm))
-    new_cache = [c._replace(
-        gen_k_t=jax.lax.dynamic_update_slice(c.gen_k_t, k_new[l][..., None], (0, 0, 0, 0, index)),
-        gen_v=jax.lax.dynamic_update_slice(c.gen_v, v_new[l][..., None, :], (0, 0, 0, index, 0)))
-        for l, c in enumerate(cache)]
-    return logits, new_cache
+    return logits, [put_generated(c, k_new[l], v_new[l], index) for l, c in enumerate(cache)]

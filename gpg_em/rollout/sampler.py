@@ -153,14 +153,19 @@ def prefill(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelConfig, s
     )
 
 
+def decode_logits(params, cfg: ModelConfig, token_B, position_B, prompt_mask_nxP, cache, index):
+    """(logits [B, V], the cache with the step's keys/values at generated slot `index`, [] or [B] per row):
+    the native kernel's step for `decode_cpu.PackedWeights`, else the XLA step (`decode_weights_for`)."""
+    if isinstance(params, decode_cpu.PackedWeights):
+        return decode_cpu.step(params, cfg, token_B, position_B, prompt_mask_nxP, cache, index)
+    hidden, cache = step_hidden(params, cfg, token_B, position_B, prompt_mask_nxP, cache, index)
+    return step_logits(params, cfg, hidden), cache
+
+
 def _decode_step(params, state: DecodeState, cfg: ModelConfig, sampling: SamplingConfig) -> DecodeState:
     """Feeds `last` at its cache slot, draws tokens[:, step] for rows not done."""
     t = state.step
-    if isinstance(params, decode_cpu.PackedWeights):
-        z, cache = decode_cpu.step(params, cfg, state.last, state.positions, state.prompt_mask, state.cache, t - 1)
-    else:
-        hidden, cache = step_hidden(params, cfg, state.last, state.positions, state.prompt_mask, state.cache, t - 1)
-        z = step_logits(params, cfg, hidden)
+    z, cache = decode_logits(params, cfg, state.last, state.positions, state.prompt_mask, state.cache, t - 1)
     z = modify_logits(z, sampling)
     token, logp, ent = choose_tokens(z, jax.random.fold_in(state.rng, t), sampling, state.row_ids, state.total_rows)
     live = ~state.done

@@ -25,8 +25,9 @@
   float32 rounding of the different batch shapes: tests).
 * Compiled programs per (n, P, N, G, S, cfg, sampling): one prefill, one
   refill, one decode loop (plus the decode-weight copy): 3, whatever the
-  stopping pattern. The native CPU kernel (`decode_cpu`) is not used here:
-  slots decode with the XLA step (`decode_step`) on every backend.
+  stopping pattern. The step is the sampler's: the native CPU kernel
+  (`decode_cpu`, with one generated-slot index per row) where it applies,
+  else the XLA step (`decode_step`).
 """
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ from flax import struct
 
 from gpg_em.errors import UserError
 from gpg_em.models.config import ModelConfig
-from gpg_em.rollout.decode_step import KVCache, jit_decode_weights, step_hidden, step_logits
-from gpg_em.rollout.sampler import first_tokens, is_stop, modify_logits, prompt_forward
+from gpg_em.rollout.decode_step import KVCache
+from gpg_em.rollout.sampler import decode_logits, decode_weights_for, first_tokens, is_stop, modify_logits, prompt_forward
 from gpg_em.rollout.sampling import SamplingConfig, choose_tokens, row_uniforms
 from gpg_em.rollout.state import SampleOutput
 
@@ -126,8 +127,8 @@ def _slot_step(params, state: SlotState, cfg: ModelConfig, sampling: SamplingCon
     R, N = state.tokens.shape
     live, t = ~state.done, state.step
     index = jnp.where(live, t - 1, 0)  # free slots read one block (the loop runs to the largest index)
-    hidden, cache = step_hidden(params, cfg, state.last, state.positions, state.prompt_mask, state.cache, index)
-    z = modify_logits(step_logits(params, cfg, hidden), sampling)
+    z, cache = decode_logits(params, cfg, state.last, state.positions, state.prompt_mask, state.cache, index)
+    z = modify_logits(z, sampling)
     uniform = None if sampling.greedy else row_uniforms(state.rng, t, jnp.minimum(state.row, R - 1), R)
     token, logp, ent = choose_tokens(z, state.rng, sampling, uniform_B=uniform)
     row, col = jnp.where(live, state.row, R), jnp.minimum(t, N - 1)  # free slots write nowhere (dropped)
@@ -169,7 +170,7 @@ def sample_in_slots(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelC
                                              sampling=sampling, max_new_tokens=max_new_tokens,
                                              num_samples=num_samples, slots=S)
     queue = [] if max_new_tokens == 1 else np.flatnonzero(~np.asarray(first_done)).tolist()
-    weights = jit_decode_weights(params, cfg=cfg, transpose=jax.default_backend() == "cpu") if queue else None
+    weights = decode_weights_for(params, cfg, sampling.kv_dtype) if queue else None
     done = np.ones(S, bool)
     while queue or not done.all():
         new_row = _assign(done, queue, R)
