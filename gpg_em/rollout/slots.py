@@ -43,7 +43,8 @@ from flax import struct
 from gpg_em.errors import UserError
 from gpg_em.models.config import ModelConfig
 from gpg_em.rollout.decode_step import KVCache
-from gpg_em.rollout.sampler import decode_logits, decode_weights_for, first_tokens, is_stop, modify_logits, prompt_forward
+from gpg_em.rollout.sampler import (decode_logits, decode_weights_for, first_tokens, is_stop, modify_logits,
+                                    prompt_forward)
 from gpg_em.rollout.sampling import SamplingConfig, choose_tokens, row_uniforms
 from gpg_em.rollout.state import SampleOutput
 
