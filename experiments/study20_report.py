@@ -128,6 +128,9 @@ def method_table(runs: list[dict[str, Any]], methods: list[str], base: dict[str,
     rows = ["| method | lr | seeds | greedy pass@1 | avg@8 | greedy - GRPO | greedy - base | avg@8 - base "
             "| train s/run (wall, steps x median step) | CPU s/run |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     stats: dict[str, dict[str, Interval]] = {}
+    if base is not None:  # the untrained model's own scores: the row every "- base" column is paired with
+        g0, a0 = (bootstrap_mean(problem_scores(base["results"][m])[None]) for m in ("greedy", "avg"))
+        rows.append(f"| base model | - | - | {_ci(g0).rstrip(' *')} | {_ci(a0).rstrip(' *')} | - | - | - | - | - |")
     ref_runs = [r for r in runs if r["method"] == reference and r["test"] is not None]
     for method in methods:
         mine = [r for r in runs if r["method"] == method and r["test"] is not None]
