@@ -80,7 +80,9 @@ def test_learning_rate_is_chosen_on_validation_and_unlocks_other_seeds(tmp_path,
     low, high = study20.LEARNING_RATES
     assert study20.chosen_lr("grpo") is None
     names = [j.name for j in study20.jobs() if not j.blocked]
-    assert names[:2] == [f"train grpo__lr={low:g}__seed0", f"train grpo__lr={high:g}__seed0"]
+    # the base model's rows first (they need no training), then seed 0 at every rate
+    assert names[:4] == ["test  base chain_sum", "decode base chain_sum",
+                         f"train grpo__lr={low:g}__seed0", f"train grpo__lr={high:g}__seed0"]
     assert not any("seed1" in n for n in names)  # later seeds wait for the choice
     _finish(study20.run_spec("grpo", low, 0), 0.20)
     assert study20.chosen_lr("grpo") is None  # one candidate still running
@@ -123,6 +125,11 @@ def test_report_tables_from_run_files(tmp_path, monkeypatch):
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[5].endswith("*") and float(cells[5].split()[0]) > 0.3  # greedy - GRPO: ~0.4, excludes 0
     assert cells[8] == "60" and cells[9] == "100"  # 20 steps x (1 + 2) s wall, 20 x 5 s CPU
+    base_row = next(line for line in text.splitlines() if line.startswith("| base model |"))
+    base = json.load(open(tmp_path / "runs" / "chain_sum" / "base_test_eval.json"))["results"]
+    want = [np.mean([np.mean(p["correct"]) for p in base[m]["problems"]]) for m in ("greedy", "avg")]
+    got = [float(c.split()[0]) for c in [c.strip() for c in base_row.split("|")[1:-1]][3:5]]
+    np.testing.assert_allclose(got, want, atol=5e-4)  # the base model's own scores (3 decimals)
     assert (out / "chain_sum_test.png").stat().st_size > 0
     assert (out / "runs" / "chain_sum" / "grpo__lr=1e-05__seed1" / "test_eval.json").is_file()
 
