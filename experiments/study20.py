@@ -4,6 +4,7 @@
     python experiments/study20.py run --stage select --stage seeds
     python experiments/study20.py status         # each job: done / partial / pending / blocked
     python experiments/study20.py report         # tables + plots -> experiments/results/study20/
+    python experiments/study20.py restore        # a fresh checkout: the committed finished runs -> runs/study20
 
 Protocol (SmolLM2-135M-Instruct, float32, AdamW b2 0.99, clip 1.0, micro-batches of 8):
 
@@ -243,7 +244,7 @@ def run_pending(stages: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("run", "status", "report"))
+    p.add_argument("command", choices=("run", "status", "report", "restore"))
     p.add_argument("--stage", action="append", choices=("base", "select", "seeds", "decoding", "task2"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "study20"))
     args = p.parse_args(argv)
@@ -254,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             state = "done" if j.done else "blocked" if j.blocked else "pending"
             print(f"{state:8s} {j.stage:8s} {j.name}")
         return 0
-    from study20_report import report
+    from study20_report import report, restore
+    if args.command == "restore":
+        for path in restore(os.path.join(args.out, "runs"), ROOT, FIXED["total_steps"]):
+            print(f"restored {path}")
+        return 0
     return report(ROOT, args.out)
 
 

@@ -37,6 +37,29 @@ def sync(src_root: str, dst_root: str) -> None:
                 _copy(os.path.join(run_dir, name), os.path.join(dst_root, task, os.path.basename(run_dir), name))
 
 
+def restore(results_root: str, runs_root: str, total_steps: int) -> list[str]:
+    """The committed results' finished runs (and base-model evals) copied back into `runs_root` where absent,
+    so a fresh checkout's `study20.py run` skips them; a run without `total_steps` of records is left out
+    (it trains again from the start). Returns the restored paths."""
+    from sweep import run_status  # experiments/sweep.py
+    restored = []
+    for task_dir in glob.glob(os.path.join(results_root, "*")):
+        task = os.path.basename(task_dir)
+        for name in BASE_FILES:
+            dst = os.path.join(runs_root, task, name)
+            if os.path.isfile(os.path.join(task_dir, name)) and not os.path.exists(dst):
+                _copy(os.path.join(task_dir, name), dst)
+                restored.append(dst)
+        for run_dir in sorted(glob.glob(os.path.join(task_dir, "*__seed*"))):
+            dst_dir = os.path.join(runs_root, task, os.path.basename(run_dir))
+            if run_status(run_dir, total_steps) != "done" or os.path.exists(dst_dir):
+                continue
+            for name in RUN_FILES:
+                _copy(os.path.join(run_dir, name), os.path.join(dst_dir, name))
+            restored.append(dst_dir)
+    return restored
+
+
 def _copy(src: str, dst: str) -> None:
     if os.path.isfile(src):
         os.makedirs(os.path.dirname(dst), exist_ok=True)

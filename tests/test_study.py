@@ -145,3 +145,22 @@ def test_a_signal_stops_the_study(tmp_path, monkeypatch):
     monkeypatch.setattr(study20.sweep, "execute", interrupted)
     assert study20.run_pending(["select"]) == 130
     assert ran == [f"grpo__lr={study20.LEARNING_RATES[0]:g}__seed0"]  # stopped, not on to the next job
+
+
+def test_restore_copies_back_finished_runs_only(tmp_path, monkeypatch):
+    """A fresh checkout: committed finished runs come back into the runs folder, a partial one does not."""
+    monkeypatch.setattr(study20, "ROOT", str(tmp_path / "committed"))
+    done, partial = study20.run_spec("grpo", 1e-5, 0), study20.run_spec("grpo", 3e-5, 0)
+    _finish(done, 0.3)
+    _finish(partial, 0.3, steps=12)
+    with open(tmp_path / "committed" / "chain_sum" / "base_test_eval.json", "w") as f:
+        f.write("{}")
+    runs = tmp_path / "runs"
+    got = study20_report.restore(str(tmp_path / "committed"), str(runs), 20)
+    assert sorted(os.path.relpath(p, runs) for p in got) == ["chain_sum/base_test_eval.json",
+                                                             "chain_sum/grpo__lr=1e-05__seed0"]
+    assert (runs / "chain_sum" / "grpo__lr=1e-05__seed0" / "metrics.jsonl").read_text() == \
+        open(os.path.join(done.workdir, "metrics.jsonl")).read()
+    monkeypatch.setattr(study20, "ROOT", str(runs))
+    assert study20.trained(study20.run_spec("grpo", 1e-5, 0))
+    assert study20_report.restore(str(tmp_path / "committed"), str(runs), 20) == []  # nothing twice
