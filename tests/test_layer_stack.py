@@ -63,7 +63,7 @@ def test_stacked_shardings_put_the_layer_axis_first_unsharded():
     assert out["embed"].spec == PartitionSpec("tensor", None)
 
 
-def test_a_checkpoint_with_the_optimizer_state_per_layer_restores_stacked(tmp_path):
+def test_a_checkpoint_with_the_optimizer_state_per_layer_restores_stacked(tmp_path, capfd):
     """Checkpoints written before the stacked layout: restored, their Adam moments stacked, nothing lost."""
     from gpg_em.models import ModelConfig, init_params
     from gpg_em.parallel import make_mesh
@@ -87,3 +87,4 @@ def test_a_checkpoint_with_the_optimizer_state_per_layer_restores_stacked(tmp_pa
         assert jax.tree.structure(mu) == jax.tree.structure(want_mu)
         for a, b in zip(jax.tree.leaves(mu), jax.tree.leaves(want_mu)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert "checkpoint step 3 holds the optimizer state per layer" in capfd.readouterr().err  # resume says so

@@ -110,6 +110,8 @@ def _restore_per_layer(mngr, step: int, abstract_state, finite) -> tuple[Any, di
         return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     if not finite(state.params):
         return "non-finite parameters"
+    print(f"gpg-em: checkpoint step {step} holds the optimizer state per layer (an earlier layout); stacked on "
+          "restore", file=sys.stderr, flush=True)
     return layer_stack.stacked_state(state, abstract_state), loop
 
 
