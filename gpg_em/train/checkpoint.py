@@ -102,25 +102,28 @@ def _holds_per_layer_optimizer(step_dir: str, abstract_state) -> bool:
         shape_mismatch(step_dir, layer_stack.per_layer_abstract(abstract_state)) is None
 
 
-def _restore_per_layer(mngr, step: int, abstract_state, finite) -> tuple[Any, dict] | str:
-    """(state, loop) of a checkpoint holding the optimizer state per layer, stacked; or why it is unusable."""
-    try:
-        state, loop = restore(mngr, step, layer_stack.per_layer_abstract(abstract_state))
-    except Exception as e:  # noqa: BLE001 - any read failure marks the checkpoint broken
-        return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    if not finite(state.params):
-        return "non-finite parameters"
+def _read_per_layer(mngr, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:
+    """(state, loop) of a checkpoint holding the optimizer state per layer, its optimizer state stacked."""
+    state, loop = restore(mngr, step, layer_stack.per_layer_abstract(abstract_state))
     print(f"gpg-em: checkpoint step {step} holds the optimizer state per layer (an earlier layout); stacked on "
           "restore", file=sys.stderr, flush=True)
     return layer_stack.stacked_state(state, abstract_state), loop
+
+
+def _restore_per_layer(mngr, step: int, abstract_state, finite) -> tuple[Any, dict] | str:
+    """`_read_per_layer`, or why the checkpoint is unusable."""
+    try:
+        state, loop = _read_per_layer(mngr, step, abstract_state)
+    except Exception as e:  # noqa: BLE001 - any read failure marks the checkpoint broken
+        return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return (state, loop) if finite(state.params) else "non-finite parameters"
 
 
 def restore_any_layout(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:
     """`restore`, also of a checkpoint holding the optimizer state per layer (stacked on restore)."""
     step_dir = os.path.join(str(mngr.directory), str(step))
     if shape_mismatch(step_dir, abstract_state) and _holds_per_layer_optimizer(step_dir, abstract_state):
-        state, loop = restore(mngr, step, layer_stack.per_layer_abstract(abstract_state))
-        return layer_stack.stacked_state(state, abstract_state), loop
+        return _read_per_layer(mngr, step, abstract_state)
     return restore(mngr, step, abstract_state)
 
 

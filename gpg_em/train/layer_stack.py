@@ -58,11 +58,6 @@ def unstack(tree):
     return {**rest, **{f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], tree["layers"]) for i in range(n)}}
 
 
-def stack_shapes(tree):
-    """`stack` on ShapeDtypeStructs (or arrays, abstractly): the stacked shapes."""
-    return jax.eval_shape(stack, tree)
-
-
 def stack_shardings(shardings):
     """The shardings of `stack(params)` from the per-layer NamedShardings: each layer leaf's spec with the
     layer axis in front, unsharded (every layer of a leaf is placed alike)."""
@@ -97,7 +92,7 @@ def _is_per_layer(x) -> bool:
 def per_layer_abstract(abstract_state):
     """`abstract_state` (ShapeDtypeStructs with shardings) with its optimizer state per layer, as checkpoints
     written before the stacked layout hold it: each stacked leaf [n, ...] -> n leaves [...]."""
-    def split(x: jax.ShapeDtypeStruct, i: int) -> jax.ShapeDtypeStruct:
+    def split(x: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
         sharding = x.sharding
         if isinstance(sharding, NamedSharding):
             sharding = NamedSharding(sharding.mesh, PartitionSpec(*tuple(sharding.spec)[1:]))
@@ -108,7 +103,7 @@ def per_layer_abstract(abstract_state):
             return node
         n = jax.tree.leaves(node["layers"])[0].shape[0]
         rest = {k: v for k, v in node.items() if k != "layers"}
-        return {**rest, **{f"layers_{i}": jax.tree.map(lambda x, i=i: split(x, i), node["layers"]) for i in range(n)}}
+        return {**rest, **{f"layers_{i}": jax.tree.map(split, node["layers"]) for i in range(n)}}
     return abstract_state.replace(opt_state=jax.tree.map(convert, abstract_state.opt_state, is_leaf=_is_stacked))
 
 
