@@ -30,15 +30,15 @@ import numpy as np
 from gpg_em.models.loading import pretrained_config
 from gpg_em.models.model import init_params
 from gpg_em.rollout import decode_step
-from gpg_em.rollout.decode_step import KVCache, jit_decode_weights, step_hidden, step_logits
+from gpg_em.rollout.decode_step import KVCache, empty_generated, jit_decode_weights, step_hidden, step_logits
 
 
-def compiled_steps(cfg, block: int, weights, cache, mask, n: int):
+def compiled_steps(cfg, weights, cache, mask, n: int):
     """(weights, cache, first index, mask) -> (cache, logits sum) after `n` decode steps from `first`,
-    compiled with `GEN_BLOCK = block` (read when traced); the cache is donated."""
+    compiled for the cache's shape (its block length is that of the form); the cache is donated."""
     @functools.partial(jax.jit, donate_argnums=(1,))
     def run(weights, cache, first, mask):
-        B = cache[0].gen_k_t.shape[0] * cache[0].gen_k_t.shape[2]
+        B = cache[0].gen_k_t.shape[1] * cache[0].gen_k_t.shape[3]
 
         def body(i, carry):
             cache, acc = carry
@@ -46,17 +46,15 @@ def compiled_steps(cfg, block: int, weights, cache, mask, n: int):
             hidden, cache = step_hidden(weights, cfg, token, pos, mask, cache, first + i)
             return cache, acc + step_logits(weights, cfg, hidden).sum()
         return jax.lax.fori_loop(0, n, body, (cache, jnp.float32(0)))
-    old, decode_step.GEN_BLOCK = decode_step.GEN_BLOCK, block
-    try:
-        return run.lower(weights, cache, jnp.int32(0), mask).compile()
-    finally:
-        decode_step.GEN_BLOCK = old
+    return run.lower(weights, cache, jnp.int32(0), mask).compile()
 
 
-def empty_cache(cfg, n, G, N, P=128):
+def empty_cache(cfg, n, G, N, block, P=128):
+    """Zeroed cache of `cfg.num_layers` layers: an n-prompt P-slot prompt part, N generated slots per
+    row in blocks of `block`."""
     K, Dh = cfg.num_kv_heads, cfg.head_dim
     z = lambda *s: jnp.zeros(s, jnp.float32)
-    return [KVCache(z(n, K, Dh, P), z(n, K, P, Dh), z(n, K, G, Dh, N), z(n, K, G, N, Dh))
+    return [KVCache(z(n, K, Dh, P), z(n, K, P, Dh), *empty_generated(n, K, G, Dh, N, jnp.float32, block))
             for _ in range(cfg.num_layers)]
 
 
@@ -77,16 +75,15 @@ def main():
           f"{a.steps} steps per call, median of {a.repeats}")
     results = {}
     for N in budgets:
-        shape = empty_cache(cfg, a.prompts, a.samples, N)
-        forms = {name: compiled_steps(cfg, block, weights, shape, mask, a.steps)
-                 for name, block in (("blocked", decode_step.GEN_BLOCK), ("whole", N))}
-        del shape
+        blocks = {"blocked": decode_step.GEN_BLOCK, "whole": N}
+        forms = {name: compiled_steps(cfg, weights, empty_cache(cfg, a.prompts, a.samples, N, block), mask, a.steps)
+                 for name, block in blocks.items()}
         for fill in [f for f in fills if f <= N]:
             first = jnp.int32(fill - a.steps)
             times = {k: [] for k in forms}
             for r in range(a.repeats + 1):  # the first call warms up
                 for name, fn in forms.items():
-                    cache = empty_cache(cfg, a.prompts, a.samples, N)
+                    cache = empty_cache(cfg, a.prompts, a.samples, N, blocks[name])
                     t = time.perf_counter()
                     jax.block_until_ready(fn(weights, cache, first, mask))
                     if r:

@@ -12,7 +12,7 @@ from gpg_em.errors import UserError
 from gpg_em.models import ModelConfig, init_params
 from gpg_em.rollout import SamplingConfig, decode_step, left_pad, sampler, slots
 from gpg_em.train.resume import refused
-from test_decode_attention import numpy_attention, random_case
+from test_decode_attention import numpy_attention, random_case, unblock_k, unblock_v
 
 TINY = ModelConfig(vocab_size=300, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                    num_kv_heads=2, head_dim=8, eos_token_ids=(2,))
@@ -89,7 +89,7 @@ def test_one_slot():
 
 def test_rows_past_a_generated_block(monkeypatch):
     """GEN_BLOCK = 8 and a 37-token budget: slots at different lengths read different numbers of blocks (the
-    last one clamped); each row still reads exactly its own filled slots."""
+    last one part-used); each row still reads exactly its own filled slots."""
     monkeypatch.setattr(decode_step, "GEN_BLOCK", 8)  # 37 tokens: a shape no other test compiles
     want = run("t1", 0, max_new_tokens=37, seed=5, step="xla")
     assert want.mask.sum(1).max() > 16 and want.mask.sum(1).min() < 8
@@ -105,10 +105,9 @@ def test_compiled_programs_per_shape():
     assert [a - b for a, b in zip(after, before)] == [1, 1, 1]
 
 
-def test_per_row_index_attention(monkeypatch):
+def test_per_row_index_attention():
     """`_attend` with one generated index per row equals numpy's masked softmax row by row."""
-    monkeypatch.setattr(decode_step, "GEN_BLOCK", 4)
-    q, cache, prompt_mask = random_case(N=13)  # n=2 prompts x G=3 rows
+    q, cache, prompt_mask = random_case(N=13, block=4)  # n=2 prompts x G=3 rows, 4 blocks
     index = np.array([0, 12, 5, 3, 4, 9], np.int32)
     got = np.asarray(decode_step._attend(q, cache, prompt_mask, jnp.asarray(index), jnp.float32))
     for b, t in enumerate(index):
@@ -117,20 +116,20 @@ def test_per_row_index_attention(monkeypatch):
 
 
 def test_put_generated_per_row():
-    """Row b's key/value lands at its own generated slot index[b]; nothing else changes."""
-    _, cache, _ = random_case(N=6)  # gen_k_t [2, 2, 3, 8, 6]
+    """Row b's key/value lands at its own generated slot index[b] (block index[b] // 4); nothing else changes."""
+    _, cache, _ = random_case(N=10, block=4)  # gen_k_t [3, 2, 2, 3, 8, 4]
     r = np.random.default_rng(1)
     k, v = r.normal(size=(2, 2, 3, 8)).astype(np.float32), r.normal(size=(2, 2, 3, 8)).astype(np.float32)
-    index = np.array([0, 5, 2, 2, 1, 4], np.int32)
+    index = np.array([0, 9, 2, 2, 5, 4], np.int32)
     got = decode_step.put_generated(type(cache)(*map(jnp.asarray, cache)), jnp.asarray(k), jnp.asarray(v),
                                     jnp.asarray(index))
-    want_k, want_v = cache.gen_k_t.copy(), cache.gen_v.copy()
+    want_k, want_v = unblock_k(cache.gen_k_t), unblock_v(cache.gen_v)
     for b, t in enumerate(index):
         i, j = divmod(b, 3)
         want_k[i, :, j, :, t] = k[i, :, j]
         want_v[i, :, j, t, :] = v[i, :, j]
-    np.testing.assert_array_equal(got.gen_k_t, want_k)
-    np.testing.assert_array_equal(got.gen_v, want_v)
+    np.testing.assert_array_equal(unblock_k(got.gen_k_t), want_k)
+    np.testing.assert_array_equal(unblock_v(got.gen_v), want_v)
 
 
 def test_slots_for_memory():

@@ -14,6 +14,7 @@ from gpg_em.kernels import build, decode_kernel_available
 from gpg_em.models import Model, ModelConfig, init_params
 from gpg_em.rollout import decode_cpu, decode_step, generate, sampler
 from gpg_em.rollout.decode_step import KVCache
+from test_decode_attention import blocks_k, blocks_v
 
 needs_kernel = pytest.mark.skipif(not decode_kernel_available(), reason="the CPU decode kernel needs a C++ compiler "
                                   "and AVX-512 or AVX2 + FMA (warning says which)")
@@ -37,12 +38,15 @@ def _params(cfg):
     return jax.tree.map(noise, dict(init_params(cfg, jax.random.PRNGKey(0))))
 
 
-def _random_step(cfg, n, G, P, N, seed=0):
-    """A KV cache of random keys/values, prompt masks with left padding, tokens and positions."""
+def _random_step(cfg, n, G, P, N, seed=0, block=6):
+    """A KV cache of random keys/values (N generated slots in blocks of `block`, the last one part-used when
+    `block` does not divide N), prompt masks with left padding, tokens and positions."""
     rng = np.random.default_rng(seed)
     K, Dh = cfg.num_kv_heads, cfg.head_dim
-    shapes = [(n, K, Dh, P), (n, K, P, Dh), (n, K, G, Dh, N), (n, K, G, N, Dh)]
-    cache = [KVCache(*(jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes)) for _ in range(cfg.num_layers)]
+    f = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
+    cache = [KVCache(*map(jnp.asarray, (f(n, K, Dh, P), f(n, K, P, Dh), blocks_k(f(n, K, G, Dh, N), block),
+                                        blocks_v(f(n, K, G, N, Dh), block))))
+             for _ in range(cfg.num_layers)]
     lengths = rng.integers(1, P + 1, n)
     mask = jnp.asarray(np.arange(P)[None, :] >= P - lengths[:, None])
     tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, n * G), jnp.int32)
@@ -125,7 +129,7 @@ def test_packed_weights_reused_for_the_same_params_and_dropped_with_them():
 @needs_kernel
 def test_kernel_reports_a_bad_index():
     cfg = BASE
-    cache, mask, tokens, positions = _random_step(cfg, 2, 2, 4, 8)
+    cache, mask, tokens, positions = _random_step(cfg, 2, 2, 4, 8, block=4)  # 2 blocks of 4: 8 slots
     packed = decode_cpu.pack_weights(_params(cfg), cfg=cfg)
     with pytest.raises(Exception, match="index outside the generated slots"):
         jax.block_until_ready(decode_cpu.step(packed, cfg, tokens, positions, mask, cache, 8))

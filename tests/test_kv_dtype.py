@@ -147,7 +147,7 @@ def test_decode_attention_reads_a_bf16_cache_without_rounding_probabilities():
     for index in (0, 4, N - 1):
         got = attend(q, cache_bf16, prompt_mask, jnp.int32(index))
         assert got.dtype == jnp.float32
-        want = numpy_attention(q, [to_bf16(a) for a in cache], prompt_mask, index)
+        want = numpy_attention(q, decode_step.KVCache(*(to_bf16(a) for a in cache)), prompt_mask, index)
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 

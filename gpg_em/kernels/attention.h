@@ -13,7 +13,8 @@ namespace gpg_em_cpu {
 
 
 struct Dims {
-  int64_t L, B, D, H, KVH, Dh, F, V, n, G, P, N, index;  // index: the largest row's (scratch sizes)
+  int64_t L, B, D, H, KVH, Dh, F, V, n, G, P, C, T, index;  // C blocks of T generated slots; index: the
+                                                            // largest row's (scratch sizes)
   const int32_t* row_index = nullptr;  // [B] per-row generated slots (continuous batching), or null
   int64_t Index(int64_t b) const { return row_index ? row_index[b] : index; }
   int64_t Q() const { return H / KVH; }
@@ -23,8 +24,8 @@ struct Dims {
 struct LayerCache {
   const float* prompt_k_t;  // [n, KVH, Dh, P]
   const float* prompt_v;    // [n, KVH, P, Dh]
-  const float* gen_k_t;     // [n, KVH, G, Dh, N]
-  const float* gen_v;       // [n, KVH, G, N, Dh]
+  const float* gen_k_t;     // [C, n, KVH, G, Dh, T]: generated slot t is slot t % T of block t / T
+  const float* gen_v;       // [C, n, KVH, G, T, Dh]
 };
 
 // Queries per group and 16-float vectors per pass of the two products below: R C accumulators plus C
@@ -152,17 +153,19 @@ inline void AttendOne(const Dims& dm, const LayerCache& c, const float* prompt_b
   const float* query = q_row + kh * Q * Dh;
   const float* pk = c.prompt_k_t + (i * dm.KVH + kh) * Dh * P;
   const float* pv = c.prompt_v + (i * dm.KVH + kh) * P * Dh;
-  const float* gk = c.gen_k_t + ((i * dm.KVH + kh) * dm.G + j) * Dh * dm.N;
-  const float* gv = c.gen_v + ((i * dm.KVH + kh) * dm.G + j) * dm.N * Dh;
+  // this row's block 0; block k is `block` floats further on
+  const int64_t row_at = ((i * dm.KVH + kh) * dm.G + j) * Dh * dm.T, block = dm.n * dm.KVH * dm.G * Dh * dm.T;
   Scores(query, Q, Dh, pk, P, P, s, S);
-  Scores(query, Q, Dh, gk, dm.N, T, s + P, S);
+  for (int64_t t0 = 0, k = 0; t0 < T; t0 += dm.T, ++k)
+    Scores(query, Q, Dh, c.gen_k_t + k * block + row_at, dm.T, std::min(dm.T, T - t0), s + P + t0, S);
   Scores(query, Q, Dh, k_new, 1, 1, s + P + T, S);
   const float scale = 1.0f / std::sqrt(float(Dh));
   for (int64_t q = 0; q < Q; ++q) Softmax(s + q * S, S, scale, prompt_bias + i * P, P);
   float* o = out + kh * Q * Dh;
   std::fill(o, o + Q * Dh, 0.f);
   Mix(s, Q, S, pv, P, Dh, o);
-  Mix(s + P, Q, S, gv, T, Dh, o);
+  for (int64_t t0 = 0, k = 0; t0 < T; t0 += dm.T, ++k)
+    Mix(s + P + t0, Q, S, c.gen_v + k * block + row_at, std::min(dm.T, T - t0), Dh, o);
   Mix(s + P + T, Q, S, v_new, 1, Dh, o);
 }
 

@@ -15,7 +15,7 @@
 // attention: attention.h; threads: pool.h.
 //
 // Operands (L layers, B = n G rows prompt-major, D model width, H/KVH heads, Dh head dim, F MLP
-// width, V vocabulary, P prompt slots, N generated slots):
+// width, V vocabulary, P prompt slots, C T generated slots):
 //   x [B, D] embedded tokens; cos, sin [B, Dh]; prompt_mask [n, P] int32; index [] or [B] int32 (the
 //   slot this step's key/value go to, for all rows or per row: generated slots < index are filled);
 //   in_norm, post_norm [L, D]; final_norm [D]; w_qkv packed [L, *, D, 48] of [q | k | v] (H Dh +
@@ -23,7 +23,7 @@
 //   [L, *, D, 48] of [gate | up] (2 F columns); w_down packed [L, *, F, 48]; w_head packed [*, D, 48];
 //   q_norm, k_norm [L, Dh] (used when the attribute qk_norm is 1);
 //   then per layer the cache: prompt_k_t [n, KVH, Dh, P], prompt_v [n, KVH, P, Dh],
-//   gen_k_t [n, KVH, G, Dh, N], gen_v [n, KVH, G, N, Dh].
+//   gen_k_t [C, n, KVH, G, Dh, T], gen_v [C, n, KVH, G, T, Dh] (C blocks of T generated slots).
 // Results: logits [B, V]; k_new, v_new [L, n, KVH, G, Dh] (RoPE applied to k), which the caller
 // writes at generated slot `index` (per row: index[b]) of each layer's cache.
 #include <algorithm>
@@ -159,12 +159,15 @@ ffi::Error DecodeStep(ffi::Buffer<ffi::F32> x_in, ffi::Buffer<ffi::F32> cos, ffi
   if (caches.size() != size_t(4 * dm.L)) return Fail("expected 4 cache arrays per layer");
   auto first_cache = caches.get<ffi::Buffer<ffi::F32>>(2);
   if (first_cache.has_error()) return first_cache.error();
-  dm.N = first_cache.value().dimensions()[4];
+  const auto gen_dims = first_cache.value().dimensions();
+  if (gen_dims.size() != 6) return Fail("gen_k_t must be [C, n, KVH, G, Dh, T]");
+  dm.C = gen_dims[0];
+  dm.T = gen_dims[5];
   const int64_t n_index = int64_t(index.element_count());
   if (n_index != 1 && n_index != dm.B) return Fail("index must hold 1 or B values");
   dm.row_index = n_index == dm.B ? index.typed_data() : nullptr;
   dm.index = *std::max_element(index.typed_data(), index.typed_data() + n_index);
-  if (*std::min_element(index.typed_data(), index.typed_data() + n_index) < 0 || dm.index >= dm.N)
+  if (*std::min_element(index.typed_data(), index.typed_data() + n_index) < 0 || dm.index >= dm.C * dm.T)
     return Fail("index outside the generated slots");
   const auto panels = [](int64_t n) { return (n + kPanel - 1) / kPanel; };
   const int64_t L = dm.L, D = dm.D, HDh = dm.H * dm.Dh;
@@ -192,7 +195,7 @@ ffi::Error DecodeStep(ffi::Buffer<ffi::F32> x_in, ffi::Buffer<ffi::F32> cos, ffi
       return Fail(std::string(s.name) + " has " + std::to_string(s.have) + " elements, expected " +
                   std::to_string(s.want) + " for these model dimensions");
   const int64_t cache_sizes[4] = {dm.n * dm.KVH * dm.Dh * dm.P, dm.n * dm.KVH * dm.P * dm.Dh,
-                                  dm.B * dm.KVH * dm.Dh * dm.N, dm.B * dm.KVH * dm.N * dm.Dh};
+                                  dm.C * dm.B * dm.KVH * dm.Dh * dm.T, dm.C * dm.B * dm.KVH * dm.T * dm.Dh};
   std::vector<const float*> cache_data(4 * L);  // layer l's arrays at 4 l .. 4 l + 3
   for (int64_t a = 0; a < 4 * L; ++a) {
     auto buf = caches.get<ffi::Buffer<ffi::F32>>(a);

@@ -136,7 +136,7 @@ def step(packed: PackedWeights, cfg: ModelConfig, token_B, position_B, prompt_ma
     if not decode_kernel_available():  # (also registers the FFI target in this process)
         raise RuntimeError("the CPU decode kernel is unavailable here (see the warning); decode with "
                            "decode_step.step_hidden instead")
-    n, K, G, Dh, N = cache[0].gen_k_t.shape
+    _, n, K, G, Dh, _ = cache[0].gen_k_t.shape
     B, L = token_B.shape[0], cfg.num_layers
     cos, sin = rope_cos_sin(cfg, position_B)  # [Dh, B]
     x = jnp.take(packed.embed, token_B, axis=0).astype(jnp.float32)

@@ -6,10 +6,10 @@ which the prefill uses, runs it; tests compare the two), run feature-major
 `cached_attention` as its attention strategy, over a cache laid out for how
 the step reads it. Per layer the cache is
 
-    prompt_k_t [n, KVH, Dh, P]       keys of the n prompts, slot axis last
+    prompt_k_t [n, KVH, Dh, P]          keys of the n prompts, slot axis last
     prompt_v   [n, KVH, P, Dh]
-    gen_k_t    [n, KVH, G, Dh, N]    keys of the generated tokens, G samples per prompt
-    gen_v      [n, KVH, G, N, Dh]
+    gen_k_t    [C, n, KVH, G, Dh, T]    keys of the generated tokens, G samples per prompt, in C blocks of T
+    gen_v      [C, n, KVH, G, T, Dh]    slots (generated slot t is slot t % T of block t // T)
 
 Why: (1) the G samples of a prompt share its prompt keys/values, so they are
 stored once and read once per step for all G samples (a [G*q_per_kv, Dh] x
@@ -21,10 +21,14 @@ XLA:CPU copy a transposed version of every layer's whole cache on every step.
 (3) The new key/value go in with one `dynamic_update_slice` each, at the
 same generated index for all rows (or, for continuous batching, where each
 row has its own index [B], a per-row scatter: `put_generated`). RoPE angles are computed once per step.
-(4) The generated slots are read in blocks, only those filled so far
-(`_gen_blocks`, an online softmax), so a step at generated index t costs
-attention over P + ~t slots whatever the budget N: a 4k budget does not make
-the early steps of a rollout cost as much as a 4k-token sequence.
+(4) The generated slots are read a block at a time, only the blocks filled so
+far (`_gen_blocks`, an online softmax), so a step at generated index t costs
+attention over P + ~t slots whatever the budget: a 4k budget does not make
+the early steps of a rollout cost as much as a 4k-token sequence. The block
+axis leads, so a block is one contiguous array that the products read in
+place: with the block axis last, XLA:CPU copied every block out of the cache
+before its two products, which took ~40% of the attention's time
+(benchmarks/results/decode_step_length_cpu.md).
 
 Rows are prompt-major: row b = i * G + j is sample j of prompt i.
 """
@@ -47,19 +51,50 @@ class KVCache(NamedTuple):
     """One layer's keys/values, in the sampler's cache dtype (`decoder.cache_dtype`, `SamplingConfig.kv_dtype`)."""
     prompt_k_t: jnp.ndarray  # [n, KVH, Dh, P]
     prompt_v: jnp.ndarray  # [n, KVH, P, Dh]
-    gen_k_t: jnp.ndarray  # [n, KVH, G, Dh, N]
-    gen_v: jnp.ndarray  # [n, KVH, G, N, Dh]
+    gen_k_t: jnp.ndarray  # [C, n, KVH, G, Dh, T]
+    gen_v: jnp.ndarray  # [C, n, KVH, G, T, Dh]
 
 
-def from_prefill_cache(cache: list[LayerCache], num_samples: int, max_new_tokens: int) -> list[KVCache]:
+GEN_BLOCK = 128  # generated slots per block: a step's attention costs ceil((index + 1) / GEN_BLOCK) blocks
+
+
+def gen_blocks(max_new_tokens: int, block: int | None = None) -> tuple[int, int]:
+    """(C, T): C blocks of T = min(block, max_new_tokens) generated slots, C T >= max_new_tokens.
+    `block` defaults to GEN_BLOCK (read when called)."""
+    T = min(block or GEN_BLOCK, max_new_tokens)
+    return -(-max_new_tokens // T), T
+
+
+def empty_generated(n: int, kv_heads: int, samples: int, head_dim: int, max_new_tokens: int, dtype,
+                    block: int | None = None):
+    """Zeroed (gen_k_t [C, n, KVH, G, Dh, T], gen_v [C, n, KVH, G, T, Dh]) for `max_new_tokens` slots."""
+    C, T = gen_blocks(max_new_tokens, block)
+    head = (C, n, kv_heads, samples)
+    return jnp.zeros(head + (head_dim, T), dtype), jnp.zeros(head + (T, head_dim), dtype)
+
+
+def from_prefill_cache(cache: list[LayerCache], num_samples: int, max_new_tokens: int,
+                       block: int | None = None) -> list[KVCache]:
     """Decoder cache [n, P, KVH, Dh] per layer -> KVCache with zeroed generated slots."""
     def convert(c: LayerCache) -> KVCache:
         n, _, K, Dh = c.k.shape
-        gen = (n, K, num_samples)
         return KVCache(c.k.transpose(0, 2, 3, 1), c.v.transpose(0, 2, 1, 3),
-                       jnp.zeros(gen + (Dh, max_new_tokens), c.k.dtype),
-                       jnp.zeros(gen + (max_new_tokens, Dh), c.v.dtype))
+                       *empty_generated(n, K, num_samples, Dh, max_new_tokens, c.k.dtype, block))
     return [convert(c) for c in cache]
+
+
+def generated_capacity(cache: KVCache) -> int:
+    """C T: the generated slots the cache holds (>= the rollout's max_new_tokens)."""
+    return cache.gen_k_t.shape[0] * cache.gen_k_t.shape[-1]
+
+
+def select_rows(cache: KVCache, prompt_b, sample_b) -> KVCache:
+    """The cache of rows (prompt_b[r], sample_b[r]) as b prompts of one sample each (G = 1): the prompt
+    keys/values copied per row, the generated ones of that sample."""
+    gen = lambda x: x[:, prompt_b, :, sample_b]  # advanced indices on axes 1, 3 (not adjacent) -> [b, C, K, ...]
+    move = lambda x: jnp.moveaxis(x, 0, 1)[:, :, :, None]  # [C, b, K, 1, ...]
+    return KVCache(cache.prompt_k_t[prompt_b], cache.prompt_v[prompt_b], move(gen(cache.gen_k_t)),
+                   move(gen(cache.gen_v)))
 
 
 def decode_weights(params, cfg: ModelConfig, transpose: bool):
@@ -99,9 +134,6 @@ def _read_dtype(q, v):
     return jnp.promote_types(q.dtype, v.dtype)
 
 
-GEN_BLOCK = 128  # generated slots read per block: a step's attention costs ceil((index + 1) / GEN_BLOCK) blocks
-
-
 def _gen_blocks(q_nxKxGxQxD, cache: KVCache, index, carry):
     """Folds the filled generated slots 0..index into the online-softmax state `carry` = (m, l, acc):
     running max m and normaliser l [n, K, G, Q] and unnormalised output acc [n, K, G, Q, Dh], float32.
@@ -109,26 +141,22 @@ def _gen_blocks(q_nxKxGxQxD, cache: KVCache, index, carry):
     `index`: [] (every row) or [n * G] (row b = i * G + j reads its slots 0..index[b]; the loop runs to the
     largest, and a block past a row's index is fully masked for it, which leaves its (m, l, acc) exactly as
     they were: scale e^0 = 1 and p = 0).
-    Blocks of GEN_BLOCK slots, only the ceil((index + 1) / GEN_BLOCK) that hold a filled slot, so the
-    cost of a step follows the length generated so far, not the cache's budget N. A last block that would
-    run past N is read from N - T (dynamic_slice clamps); slots already folded in are masked by position.
-    Per block (Milakov & Gimelshein 2018, as in flash attention):
+    Only the blocks that hold a filled slot are read (ceil((index + 1) / T) of the cache's C), so the
+    cost of a step follows the length generated so far, not the cache's budget. Per block
+    (Milakov & Gimelshein 2018, as in flash attention):
         m' = max(m, max_t s_t),  l' = l e^(m - m') + sum_t e^(s_t - m'),  acc' = acc e^(m - m') + sum_t e^(s_t - m') v_t
     """
     n, K, G, Q, Dh = q_nxKxGxQxD.shape
-    N = cache.gen_k_t.shape[-1]
-    T = min(GEN_BLOCK, N)
+    T = cache.gen_k_t.shape[-1]
     # a scalar index (all rows alike) or one per row [n * G], as [n, 1, G, 1, 1] against s [n, K, G, Q, T]
     last = index if jnp.ndim(index) == 0 else index.reshape(n, 1, G, 1, 1)
 
     def fold(b, carry):
         m, l, acc = carry
-        start = jnp.minimum(b * T, N - T)
-        k_t = jax.lax.dynamic_slice_in_dim(cache.gen_k_t, start, T, axis=4)  # [n, K, G, Dh, T]
-        v = jax.lax.dynamic_slice_in_dim(cache.gen_v, start, T, axis=3)  # [n, K, G, T, Dh]
+        k_t = jax.lax.dynamic_index_in_dim(cache.gen_k_t, b, keepdims=False)  # [n, K, G, Dh, T]
+        v = jax.lax.dynamic_index_in_dim(cache.gen_v, b, keepdims=False)  # [n, K, G, T, Dh]
         s = jnp.einsum("nkgqd,nkgdt->nkgqt", q_nxKxGxQxD, k_t, preferred_element_type=jnp.float32) * Dh ** -0.5
-        slot = start + jnp.arange(T)
-        s = jnp.where((slot >= b * T) & (slot <= last), s, _NEG)
+        s = jnp.where(b * T + jnp.arange(T) <= last, s, _NEG)
         m_new = jnp.maximum(m, s.max(-1))
         p, scale = jnp.exp(s - m_new[..., None]), jnp.exp(m - m_new)
         pv = jnp.einsum("nkgqt,nkgtd->nkgqd", p.astype(_read_dtype(q_nxKxGxQxD, v)), v,
@@ -159,19 +187,22 @@ def _attend(q_nxKxGxQxD, cache: KVCache, prompt_mask_nxP, index, dt):
 
 
 def put_generated(cache: KVCache, k_nxKxGxDh, v_nxKxGxDh, index) -> KVCache:
-    """The cache with row (i, j)'s new key/value at generated slot `index` ([] for all rows: one
-    `dynamic_update_slice`; [n * G]: row b = i * G + j at index[b], a per-row scatter)."""
+    """The cache with row (i, j)'s new key/value at generated slot `index` (slot index % T of block
+    index // T; [] for all rows: one `dynamic_update_slice`; [n * G]: row b = i * G + j at index[b], a
+    per-row scatter)."""
     k_new, v_new = k_nxKxGxDh.astype(cache.gen_k_t.dtype), v_nxKxGxDh.astype(cache.gen_v.dtype)
+    T = cache.gen_k_t.shape[-1]
     if jnp.ndim(index) == 0:
+        c, t = index // T, index % T
         return cache._replace(
-            gen_k_t=jax.lax.dynamic_update_slice(cache.gen_k_t, k_new[..., None], (0, 0, 0, 0, index)),
-            gen_v=jax.lax.dynamic_update_slice(cache.gen_v, v_new[:, :, :, None, :], (0, 0, 0, index, 0)))
+            gen_k_t=jax.lax.dynamic_update_slice(cache.gen_k_t, k_new[None, ..., None], (c, 0, 0, 0, 0, t)),
+            gen_v=jax.lax.dynamic_update_slice(cache.gen_v, v_new[None, :, :, :, None, :], (c, 0, 0, 0, t, 0)))
     n, K, G, Dh = k_new.shape
     i, j = jnp.arange(n)[:, None], jnp.arange(G)[None, :]
-    t = index.reshape(n, G)
-    # advanced indices (i, j, t) on axes 0, 2, 4 of [n, K, G, Dh, N]: the indexed view is [n, G, K, Dh]
-    gen_k_t = cache.gen_k_t.at[i, :, j, :, t].set(k_new.transpose(0, 2, 1, 3))
-    gen_v = cache.gen_v.at[i, :, j, t, :].set(v_new.transpose(0, 2, 1, 3))
+    c, t = index.reshape(n, G) // T, index.reshape(n, G) % T
+    # advanced indices (c, i, j, t) on axes 0, 1, 3, 5 of [C, n, K, G, Dh, T]: the indexed view is [n, G, K, Dh]
+    gen_k_t = cache.gen_k_t.at[c, i, :, j, :, t].set(k_new.transpose(0, 2, 1, 3))
+    gen_v = cache.gen_v.at[c, i, :, j, t, :].set(v_new.transpose(0, 2, 1, 3))
     return cache._replace(gen_k_t=gen_k_t, gen_v=gen_v)
 
 
@@ -180,7 +211,7 @@ def cached_attention(cfg: ModelConfig, prompt_mask_nxP, cache: KVCache, index):
     [KVH, Dh, B] of the rows' new tokens -> (o [H, Dh, B], the cache with k, v written at `index`).
     Columns b = i * G + j are laid out as the cache's [n, KVH, G, ...] for `_attend`."""
     dt, H, K, Dh = _dtype(cfg), cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    n, G, Q = cache.prompt_k_t.shape[0], cache.gen_k_t.shape[2], H // K
+    n, G, Q = cache.prompt_k_t.shape[0], cache.gen_k_t.shape[3], H // K
 
     def attend(q, k, v):
         k = k.reshape(K, Dh, n, G).transpose(2, 0, 3, 1)  # [n, K, G, Dh]

@@ -41,7 +41,7 @@ from gpg_em.models.decoder import Decoder, cache_dtype, init_cache
 from gpg_em.models.model import positions_from_mask
 from gpg_em.rollout import decode_cpu, logits_cpu
 from gpg_em.rollout.adaptive_temperature import adaptive_tau_newton
-from gpg_em.rollout.decode_step import KVCache, from_prefill_cache, jit_decode_weights, step_hidden, step_logits
+from gpg_em.rollout.decode_step import from_prefill_cache, jit_decode_weights, select_rows, step_hidden, step_logits
 from gpg_em.rollout.em_inf import em_inf_logits_fused
 from gpg_em.rollout.sampling import SamplingConfig, choose_tokens
 from gpg_em.rollout.state import DecodeState, SampleOutput
@@ -217,11 +217,10 @@ def compact(state: DecodeState, keep_b) -> DecodeState:
     rows' later tokens, log-probs and random draws are the ones they would
     have had in the full batch.
     """
-    G = state.cache[0].gen_k_t.shape[2]
+    G = state.cache[0].gen_k_t.shape[3]
     prompt, sample = keep_b // G, keep_b % G
     rows = lambda x: x[keep_b]
-    cache = [KVCache(c.prompt_k_t[prompt], c.prompt_v[prompt], c.gen_k_t[prompt, :, sample][:, :, None],
-                     c.gen_v[prompt, :, sample][:, :, None]) for c in state.cache]
+    cache = [select_rows(c, prompt, sample) for c in state.cache]
     return state.replace(tokens=rows(state.tokens), mask=rows(state.mask), logprobs=rows(state.logprobs),
                          entropies=rows(state.entropies), done=rows(state.done), last=rows(state.last),
                          positions=rows(state.positions), prompt_mask=state.prompt_mask[prompt], cache=cache,

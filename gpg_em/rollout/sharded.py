@@ -6,7 +6,7 @@ state holds them, prompts and every [B, ...] row array over the batch axes,
 and the KV cache over the batch axes (prompts) and `tensor` (KV heads):
 
     prompt_k_t [n, KVH, Dh, P]   ("batch", "act_kv_heads", "head_dim", "length")
-    gen_v      [n, KVH, G, N, Dh] ("batch", "act_kv_heads", None, "length", "head_dim")
+    gen_v      [C, n, KVH, G, T, Dh] (None, "batch", "act_kv_heads", None, "length", "head_dim")
 
 Dimensions that do not divide their mesh axes are replicated. On
 accelerators the decode reads the kernels as stored. On a mesh of CPU
@@ -37,8 +37,8 @@ from gpg_em.rollout.state import DecodeState, SampleOutput
 
 _CACHE_AXES = KVCache(prompt_k_t=("batch", "act_kv_heads", "head_dim", "length"),
                       prompt_v=("batch", "act_kv_heads", "length", "head_dim"),
-                      gen_k_t=("batch", "act_kv_heads", None, "head_dim", "length"),
-                      gen_v=("batch", "act_kv_heads", None, "length", "head_dim"))
+                      gen_k_t=(None, "batch", "act_kv_heads", None, "head_dim", "length"),
+                      gen_v=(None, "batch", "act_kv_heads", None, "length", "head_dim"))
 
 
 def state_shardings(abstract: DecodeState, mesh: Mesh) -> DecodeState:

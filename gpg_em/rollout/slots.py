@@ -42,7 +42,7 @@ from flax import struct
 
 from gpg_em.errors import UserError
 from gpg_em.models.config import ModelConfig
-from gpg_em.rollout.decode_step import KVCache
+from gpg_em.rollout.decode_step import KVCache, empty_generated
 from gpg_em.rollout.sampler import (decode_logits, decode_weights_for, first_tokens, is_stop, modify_logits,
                                     prompt_forward)
 from gpg_em.rollout.sampling import SamplingConfig, choose_tokens, row_uniforms
@@ -78,8 +78,8 @@ class SlotState:
 def _empty_slots(slots: int, P: int, N: int, cfg: ModelConfig, dtype) -> list[KVCache]:
     K, Dh = cfg.num_kv_heads, cfg.head_dim
     zeros = lambda *shape: jnp.zeros(shape, dtype)
-    return [KVCache(zeros(slots, K, Dh, P), zeros(slots, K, P, Dh), zeros(slots, K, 1, Dh, N),
-                    zeros(slots, K, 1, N, Dh)) for _ in range(cfg.num_layers)]
+    return [KVCache(zeros(slots, K, Dh, P), zeros(slots, K, P, Dh), *empty_generated(slots, K, 1, Dh, N, dtype))
+            for _ in range(cfg.num_layers)]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "max_new_tokens", "num_samples", "slots"))
