@@ -135,6 +135,8 @@ def test_put_generated_per_row():
 def test_slots_for_memory():
     """Bytes per slot = 2 * layers * KVH * Dh * (P + N) * itemsize = 2 * 2 * 2 * 8 * (16 + 48) * 4 = 16384."""
     assert slots.slot_bytes(TINY, 16, 48) == 16384
+    # 200 new tokens are held in 2 blocks of 128 slots: 2 * 2 * 2 * 8 * (16 + 256) * 4 = 69632
+    assert slots.slot_bytes(TINY, 16, 200) == 69632
     assert slots.slots_for_memory(TINY, 12, 16, 48, free_bytes=100_000) == 3  # 50_000 // 16384
     assert slots.slots_for_memory(TINY, 12, 16, 48, free_bytes=100) == 1
     assert slots.slots_for_memory(TINY, 12, 16, 48, free_bytes=10 ** 12) == 12

@@ -42,7 +42,7 @@ from flax import struct
 
 from gpg_em.errors import UserError
 from gpg_em.models.config import ModelConfig
-from gpg_em.rollout.decode_step import KVCache, empty_generated
+from gpg_em.rollout.decode_step import KVCache, empty_generated, gen_blocks
 from gpg_em.rollout.sampler import (decode_logits, decode_weights_for, first_tokens, is_stop, modify_logits,
                                     prompt_forward)
 from gpg_em.rollout.sampling import SamplingConfig, choose_tokens, row_uniforms
@@ -183,8 +183,10 @@ def sample_in_slots(params, prompt_ids_NxP, prompt_mask_NxP, rng, *, cfg: ModelC
 
 
 def slot_bytes(cfg: ModelConfig, prompt_width: int, max_new_tokens: int, itemsize: int = 4) -> int:
-    """KV-cache bytes one slot holds: 2 (keys, values) * layers * KVH * Dh * (P + N) * itemsize."""
-    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * (prompt_width + max_new_tokens) * itemsize
+    """KV-cache bytes one slot holds: 2 (keys, values) * layers * KVH * Dh * (P + C T) * itemsize, where C T
+    >= N = max_new_tokens is the generated slots the cache holds in whole blocks (`decode_step.gen_blocks`)."""
+    C, T = gen_blocks(max_new_tokens)
+    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * (prompt_width + C * T) * itemsize
 
 
 def slots_for_memory(cfg: ModelConfig, rows: int, prompt_width: int, max_new_tokens: int, free_bytes: int,
