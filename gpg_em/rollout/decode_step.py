@@ -83,11 +83,6 @@ def from_prefill_cache(cache: list[LayerCache], num_samples: int, max_new_tokens
     return [convert(c) for c in cache]
 
 
-def generated_capacity(cache: KVCache) -> int:
-    """C T: the generated slots the cache holds (>= the rollout's max_new_tokens)."""
-    return cache.gen_k_t.shape[0] * cache.gen_k_t.shape[-1]
-
-
 def select_rows(cache: KVCache, prompt_b, sample_b) -> KVCache:
     """The cache of rows (prompt_b[r], sample_b[r]) as b prompts of one sample each (G = 1): the prompt
     keys/values copied per row, the generated ones of that sample."""
