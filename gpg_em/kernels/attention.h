@@ -148,7 +148,7 @@ inline void Softmax(float* sq, int64_t S, float scale, const float* bias, int64_
 // -inf on padding. Writes out[h Dh + d] for h = kh Q + q. `s` holds Q S floats, S = P + index(b) + 1.
 inline void AttendOne(const Dims& dm, const LayerCache& c, const float* prompt_bias, const float* q_row,
                       const float* k_new, const float* v_new, int64_t b, int64_t kh, float* s, float* out) {
-  const int64_t Q = dm.Q(), Dh = dm.Dh, P = dm.P, T = dm.Index(b), S = P + T + 1;
+  const int64_t Q = dm.Q(), Dh = dm.Dh, P = dm.P, filled = dm.Index(b), S = P + filled + 1;
   const int64_t i = b / dm.G, j = b % dm.G;
   const float* query = q_row + kh * Q * Dh;
   const float* pk = c.prompt_k_t + (i * dm.KVH + kh) * Dh * P;
@@ -156,17 +156,17 @@ inline void AttendOne(const Dims& dm, const LayerCache& c, const float* prompt_b
   // this row's block 0; block k is `block` floats further on
   const int64_t row_at = ((i * dm.KVH + kh) * dm.G + j) * Dh * dm.T, block = dm.n * dm.KVH * dm.G * Dh * dm.T;
   Scores(query, Q, Dh, pk, P, P, s, S);
-  for (int64_t t0 = 0, k = 0; t0 < T; t0 += dm.T, ++k)
-    Scores(query, Q, Dh, c.gen_k_t + k * block + row_at, dm.T, std::min(dm.T, T - t0), s + P + t0, S);
-  Scores(query, Q, Dh, k_new, 1, 1, s + P + T, S);
+  for (int64_t t0 = 0, k = 0; t0 < filled; t0 += dm.T, ++k)
+    Scores(query, Q, Dh, c.gen_k_t + k * block + row_at, dm.T, std::min(dm.T, filled - t0), s + P + t0, S);
+  Scores(query, Q, Dh, k_new, 1, 1, s + P + filled, S);
   const float scale = 1.0f / std::sqrt(float(Dh));
   for (int64_t q = 0; q < Q; ++q) Softmax(s + q * S, S, scale, prompt_bias + i * P, P);
   float* o = out + kh * Q * Dh;
   std::fill(o, o + Q * Dh, 0.f);
   Mix(s, Q, S, pv, P, Dh, o);
-  for (int64_t t0 = 0, k = 0; t0 < T; t0 += dm.T, ++k)
-    Mix(s + P + t0, Q, S, c.gen_v + k * block + row_at, std::min(dm.T, T - t0), Dh, o);
-  Mix(s + P + T, Q, S, v_new, 1, Dh, o);
+  for (int64_t t0 = 0, k = 0; t0 < filled; t0 += dm.T, ++k)
+    Mix(s + P + t0, Q, S, c.gen_v + k * block + row_at, std::min(dm.T, filled - t0), Dh, o);
+  Mix(s + P + filled, Q, S, v_new, 1, Dh, o);
 }
 
 }  // namespace gpg_em_cpu
