@@ -194,7 +194,7 @@ def put_generated(cache: KVCache, k_nxKxGxDh, v_nxKxGxDh, index) -> KVCache:
             gen_v=jax.lax.dynamic_update_slice(cache.gen_v, v_new[None, :, :, :, None, :], (c, 0, 0, 0, t, 0)))
     n, K, G, Dh = k_new.shape
     i, j = jnp.arange(n)[:, None], jnp.arange(G)[None, :]
-    c, t = index.reshape(n, G) // T, index.reshape(n, G) % T
+    c, t = jnp.divmod(index.reshape(n, G), T)
     # advanced indices (c, i, j, t) on axes 0, 1, 3, 5 of [C, n, K, G, Dh, T]: the indexed view is [n, G, K, Dh]
     gen_k_t = cache.gen_k_t.at[c, i, :, j, :, t].set(k_new.transpose(0, 2, 1, 3))
     gen_v = cache.gen_v.at[c, i, :, j, t, :].set(v_new.transpose(0, 2, 1, 3))
