@@ -179,6 +179,74 @@ def method_table(runs: list[dict[str, Any]], methods: list[str], base: dict[str,
     return rows, stats
 
 
+def greedy_tables(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[int, np.ndarray]]:
+    """method -> {seed: [problems] greedy correctness} of the runs holding a test eval."""
+    return {m: {r["seed"]: problem_scores(r["test"]["results"]["greedy"])
+                for r in runs if r["method"] == m and r["test"] is not None} for m in methods}
+
+
+def pairwise(tables: dict[str, dict[int, np.ndarray]], level: float = 0.95) -> dict[tuple[str, str], Interval]:
+    """(a, b) -> paired greedy difference a - b over the seeds both hold (same prompts, same problems),
+    with its `level` bootstrap interval."""
+    out = {}
+    for a, ta in tables.items():
+        for b, tb in tables.items():
+            common = sorted(set(ta) & set(tb))
+            if a != b and common:
+                out[a, b] = paired_difference(np.stack([ta[s] for s in common]), np.stack([tb[s] for s in common]),
+                                              level=level)
+    return out
+
+
+def pairwise_rows(diffs: dict[tuple[str, str], Interval], methods: list[str]) -> list[str]:
+    """Matrix of row - column greedy differences; * = the 95% interval excludes 0."""
+    shown = [m for m in methods if any(m in k for k in diffs)]
+    rows = ["| row - column | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
+    for a in shown:
+        cells = [f"{diffs[a, b].mean:+.3f}{'*' if diffs[a, b].excludes_zero else ''}" if (a, b) in diffs else "-"
+                 for b in shown]
+        rows.append(f"| {a} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def reading_lines(diffs: dict[tuple[str, str], Interval], stats: dict[str, dict[str, Interval]],
+                  family: dict[tuple[str, str], Interval]) -> list[str]:
+    """Plain statements: which greedy differences the intervals resolve at this scale and which they do not.
+    `family`: the same differences at the Bonferroni level 1 - 0.05 / pairs (Dunn 1961), which holds the
+    chance of any false "real" among all pairs under 5%."""
+    vs_base = [(m, s["greedy_vs_base"]) for m, s in stats.items() if "greedy_vs_base" in s]
+    pairs = len(diffs) // 2
+    real = [f"{a} - {b} = {iv.text()}; at the family-wise level: {family[a, b].text()} "
+            f"({'holds' if family[a, b].excludes_zero else 'does not hold'})"
+            for (a, b), iv in diffs.items() if iv.excludes_zero and iv.mean > 0]
+    unresolved = sum(1 for (a, b), iv in diffs.items() if a < b and not iv.excludes_zero)
+    lines = ["Reading, greedy pass@1 (real = the 95% interval excludes 0):", ""]
+    lines += [f"- {m} vs the base model: {iv.text()} ({'real' if iv.excludes_zero else 'not resolved'})"
+              for m, iv in vs_base]
+    lines += [f"- {x}" for x in real] or ["- no difference between two trained methods"]
+    lines += ["", f"Not resolved: the other {unresolved} of {pairs} method pairs (their intervals hold 0; the "
+              f"matrix above gives each mean). Among {pairs} pairs about {pairs / 20:.1f} intervals exclude 0 by "
+              f"chance alone at 95%, so a pair counts as a finding only where its interval at the family-wise "
+              f"level 1 - 0.05/{pairs} also excludes 0."]
+    return lines
+
+
+def behaviour_rows(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """What the trained policies generate on the test split (avg@k samples at T=1), mean over seeds."""
+    rows = ["| method | seeds | token entropy (nats) | completion tokens | pass@8 | maj@8 | test eval s |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for m in methods:
+        res = [r["test"]["results"]["avg"] for r in runs if r["method"] == m and r["test"] is not None]
+        if not res:
+            continue
+        k = res[0]["k"]
+        cols = [np.mean([x[key] for x in res]) for key in ("entropy_mean", "completion_length_mean")]
+        cols += [np.mean([x["metrics"][f"{name}@{k}"] for x in res]) for name in ("pass", "maj")]
+        secs = np.mean([x["wall_seconds"] for x in res])
+        rows.append(f"| {m} | {len(res)} | {cols[0]:.3f} | {cols[1]:.1f} | {cols[2]:.3f} | {cols[3]:.3f} | {secs:.0f} |")
+    return rows
+
+
 def decoding_rows(base: dict[str, Any] | None, decoding: dict[str, Any] | None) -> list[str]:
     """Base-model decoding: score, tokens per problem and generation seconds; EM-INF vs SC@4 paired."""
     if decoding is None:
@@ -249,6 +317,13 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
     if stats:
         plot(stats, os.path.join(out, f"{task}_test.png"), f"{task}: test scores and paired differences")
         lines += [f"![{task}]({task}_test.png)", ""]
+        tables = greedy_tables(runs, methods)
+        diffs = pairwise(tables)
+        family = pairwise(tables, level=1.0 - 0.05 / max(len(diffs) // 2, 1))
+        lines += ["### Paired greedy differences between methods (seeds both hold)", ""]
+        lines += pairwise_rows(diffs, methods) + [""] + reading_lines(diffs, stats, family) + [""]
+        lines += ["### What the trained policies generate (test split, avg@8 samples at T=1)", ""]
+        lines += behaviour_rows(runs, methods) + [""]
     lines += ["### Base model decoding (test split)", ""] + decoding_rows(base, decoding) + [""]
     return lines
 

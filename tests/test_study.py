@@ -4,6 +4,7 @@ Interval widths are checked against closed-form standard errors (normal theory),
 """
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -106,7 +107,9 @@ def test_report_tables_from_run_files(tmp_path, monkeypatch):
 
     def test_eval(p_greedy, p_avg):
         problems = lambda p, k: [{"correct": [int(v) for v in rng.random(k) < p], "majority": 0} for _ in range(256)]
-        return {"results": {"greedy": {"problems": problems(p_greedy, 1)}, "avg": {"problems": problems(p_avg, 8)}}}
+        avg = {"problems": problems(p_avg, 8), "k": 8, "entropy_mean": 0.5, "completion_length_mean": 20.0,
+               "metrics": {"pass@8": 0.9, "maj@8": 0.4}, "wall_seconds": 100.0}
+        return {"results": {"greedy": {"problems": problems(p_greedy, 1)}, "avg": avg}}
 
     for method, p in (("grpo", 0.2), ("gpg_age", 0.6)):
         for lr in study20.LEARNING_RATES:
@@ -130,6 +133,10 @@ def test_report_tables_from_run_files(tmp_path, monkeypatch):
     want = [np.mean([np.mean(p["correct"]) for p in base[m]["problems"]]) for m in ("greedy", "avg")]
     got = [float(c.split()[0]) for c in [c.strip() for c in base_row.split("|")[1:-1]][3:5]]
     np.testing.assert_allclose(got, want, atol=5e-4)  # the base model's own scores (3 decimals)
+    matrix = next(line for line in text.splitlines() if line.startswith("| gpg_age | +"))
+    assert [c.strip() for c in matrix.split("|")[1:-1]][1].endswith("*")  # gpg_age - grpo resolved
+    assert re.search(r"- gpg_age - grpo = 0\.[34]\d+ \[.*\(holds\)", text)  # the family-wise (Bonferroni) level too
+    assert "| gpg_age | 2 | 0.500 | 20.0 | 0.900 | 0.400 | 100 |" in text  # what the policies generate
     assert (out / "chain_sum_test.png").stat().st_size > 0
     assert (out / "runs" / "chain_sum" / "grpo__lr=1e-05__seed1" / "test_eval.json").is_file()
 
