@@ -14,9 +14,10 @@ Protocol (SmolLM2-135M-Instruct, float32, AdamW b2 0.99, clip 1.0, micro-batches
   resampling draws extra prompts, so its later steps see others).
 * Splits: validation = 64 problems of seed 777 (the in-training greedy eval at steps 0
   and 20); test = 256 problems of seed 12345 (the first 64 are the quickstart's).
-* Learning rate, one per method: seed 0 is trained at each of `LEARNING_RATES`; the
-  rate with the higher validation greedy pass@1 at step 20 wins (ties: the smaller
-  rate). Seeds 1 and 2 run at the winner only. The test split is read only by the
+* Learning rate, one per method: seed 0 is trained at each of `learning_rates(method)`
+  (1e-5 and 3e-5; EM-FT also at 1e-6, its config's rate, and 3e-6, since it collapses
+  at both larger rates); the rate with the highest validation greedy pass@1 at step 20
+  wins (ties: the smaller rate). Seeds 1 and 2 run at the winner only. The test split is read only by the
   winner's runs, after training.
 * Test: greedy pass@1 and avg@8 at T=1 (`gpg-em eval --mode greedy,avg -k 8`) on the
   256 test problems, written to `<run>/test_eval.json`; the run's checkpoints are then
@@ -24,7 +25,7 @@ Protocol (SmolLM2-135M-Instruct, float32, AdamW b2 0.99, clip 1.0, micro-batches
 * Base model: greedy, avg@8 and maj@4 (self-consistency), EM-INF and adaptive
   temperature on the same 256 problems (`decoding` stage).
 * Second task: reasoning-gym `products` (2 factors of 1-2 digits; base greedy pass@1
-  0.41 on 32 problems) for GRPO, GPG +AGE +beta_th, EM-FT and EM-RL-token at the
+  0.406 on the 256 test problems) for GRPO, GPG +AGE +beta_th, EM-FT and EM-RL-token at the
   learning rates chosen on chain_sum, 3 seeds (`task2` stage).
 
 Every job is a file that exists when it is done, so an interrupted `run` resumes
@@ -47,6 +48,7 @@ import sweep  # noqa: E402  (experiments/sweep.py)
 
 ROOT = "runs/study20"
 LEARNING_RATES = (1e-5, 3e-5)
+EXTRA_RATES = {"em_ft": (1e-6, 3e-6)}  # below the shared pair: EM-FT's validation score falls at both
 SEEDS = (0, 1, 2)
 VALIDATION = dict(seed=777, size=64)
 TEST = dict(seed=12345, num_prompts=256, k=8, max_new_tokens=96)
@@ -111,13 +113,19 @@ def validation_score(run: sweep.RunSpec) -> float | None:
     return float(evals[-1]["pass@1"]) if evals and trained(run) else None
 
 
+def learning_rates(method: str) -> tuple[float, ...]:
+    """The candidate rates of `method`'s selection, ascending."""
+    return tuple(sorted(LEARNING_RATES + EXTRA_RATES.get(method, ())))
+
+
 def chosen_lr(method: str) -> float | None:
     """The learning rate of `method` with the best seed-0 validation pass@1 (ties: smaller); None until known."""
-    scores = [validation_score(run_spec(method, lr, 0)) for lr in LEARNING_RATES]
+    rates = learning_rates(method)
+    scores = [validation_score(run_spec(method, lr, 0)) for lr in rates]
     if any(s is None for s in scores):
         return None
     best = max(scores)
-    return min(lr for lr, s in zip(LEARNING_RATES, scores) if s == best)
+    return min(lr for lr, s in zip(rates, scores) if s == best)
 
 
 def test_path(run: sweep.RunSpec) -> str:
@@ -190,9 +198,9 @@ def jobs() -> list[Job]:
     the winners' tests, other seeds, task 2)."""
     out = [base_sampling_job(CHAIN_SUM), decoding_job(CHAIN_SUM)]
     for method in METHODS:
-        out += [train_job("select", run_spec(method, lr, 0)) for lr in LEARNING_RATES]
+        out += [train_job("select", run_spec(method, lr, 0)) for lr in learning_rates(method)]
         lr = chosen_lr(method)
-        out.append(test_job("select", run_spec(method, lr or LEARNING_RATES[0], 0), CHAIN_SUM)
+        out.append(test_job("select", run_spec(method, lr, 0), CHAIN_SUM)
                    if lr is not None else Job(f"test  {method} seed0", "select", False, True, None))
     for seed in SEEDS[1:]:
         for method in METHODS:
@@ -230,7 +238,7 @@ def run_pending(stages: list[str] | None) -> int:
             print(f"study20: {job.name} interrupted; rerun `study20.py run` to resume", flush=True)
             return 130
         except subprocess.CalledProcessError as e:
-            if e.returncode in (130, 143):  # the evaluation was stopped by a signal
+            if e.returncode in (130, 143) or e.returncode < 0:  # the evaluation was stopped by a signal
                 print(f"study20: {job.name} interrupted; rerun `study20.py run` to resume", flush=True)
                 return 130
             print(f"study20: {job.name} FAILED: {e}", flush=True)

@@ -119,19 +119,32 @@ def validation(runs: list[dict[str, Any]], step: int) -> float | None:
 
 # ---------------------------------------------------------------- tables
 
-def selection_rows(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
-    rows = ["| method | learning rate | validation pass@1, step 0 | step 20 | chosen |", "|---|---:|---:|---:|:-:|"]
+def chosen_rates(runs: list[dict[str, Any]], methods: list[str],
+                 candidates: dict[str, tuple[float, ...]] | None = None) -> dict[str, float]:
+    """method -> its rate: the highest seed-0 validation pass@1 at step 20 (ties: the smaller rate), once every
+    one of its `candidates` has finished (the rule of `study20.chosen_lr`). Without `candidates` (task 2, run at
+    the rates chosen on chain_sum) a method's only rate is its rate."""
+    out = {}
     for method in methods:
         cands = sorted({r["lr"] for r in runs if r["method"] == method})
+        if candidates is not None:
+            cands = sorted(candidates[method])
         scores = {lr: validation([r for r in runs if r["method"] == method and r["lr"] == lr and r["seed"] == 0], 20)
                   for lr in cands}
-        known = {lr: s for lr, s in scores.items() if s is not None}
-        best = min((lr for lr, s in known.items() if s == max(known.values())), default=None) \
-            if len(known) == len(cands) and known else None
-        for lr in cands:
+        if candidates is None and len(cands) == 1:
+            out[method] = cands[0]
+        elif cands and None not in scores.values():
+            out[method] = min(lr for lr, s in scores.items() if s == max(scores.values()))
+    return out
+
+
+def selection_rows(runs: list[dict[str, Any]], methods: list[str], chosen: dict[str, float]) -> list[str]:
+    rows = ["| method | learning rate | validation pass@1, step 0 | step 20 | chosen |", "|---|---:|---:|---:|:-:|"]
+    for method in methods:
+        for lr in sorted({r["lr"] for r in runs if r["method"] == method}):
             seed0 = [r for r in runs if r["method"] == method and r["lr"] == lr and r["seed"] == 0]
-            v0, v20 = validation(seed0, 0), scores[lr]
-            rows.append(f"| {method} | {lr:g} | {_f(v0)} | {_f(v20)} | {'yes' if lr == best else ''} |")
+            v0, v20 = validation(seed0, 0), validation(seed0, 20)
+            rows.append(f"| {method} | {lr:g} | {_f(v0)} | {_f(v20)} | {'yes' if chosen.get(method) == lr else ''} |")
     return rows
 
 
@@ -160,6 +173,9 @@ def method_table(runs: list[dict[str, Any]], methods: list[str], base: dict[str,
         if not mine:
             continue
         lr = mine[0]["lr"]
+        if len({r["lr"] for r in mine}) > 1:
+            raise ValueError(f"{method}: test evals at several rates {sorted({r['lr'] for r in mine})}; "
+                             "filter the runs to the chosen rate first")
         g, seeds = score_table(mine, "greedy")
         a, _ = score_table(mine, "avg")
         s = {"greedy": bootstrap_mean(g), "avg": bootstrap_mean(a)}
@@ -305,13 +321,18 @@ def plot(stats: dict[str, dict[str, Interval]], path: str, title: str) -> None:
 # ---------------------------------------------------------------- the report
 
 def task_section(task_root: str, task: str, methods: list[str], out: str) -> list[str]:
-    runs = load_runs(task_root)
+    from study20 import learning_rates
+    all_runs = load_runs(task_root)
+    selected = task == "chain_sum"  # the task whose seed-0 runs choose every method's rate
+    chosen = chosen_rates(all_runs, methods, {m: learning_rates(m) for m in methods} if selected else None)
+    runs = [r for r in all_runs if chosen.get(r["method"]) == r["lr"]]  # the tables read the chosen rate only
     base_path, dec_path = (os.path.join(task_root, n) for n in BASE_FILES)
     base = read_json(base_path) if os.path.isfile(base_path) else None
     decoding = read_json(dec_path) if os.path.isfile(dec_path) else None
     lines = [f"## {task}", ""]
-    if task == "chain_sum":
-        lines += ["### Learning-rate selection (seed 0, validation split)", ""] + selection_rows(runs, methods) + [""]
+    if selected:
+        lines += ["### Learning-rate selection (seed 0, validation split)", ""] + selection_rows(all_runs, methods, chosen)
+        lines += [""]
     table, stats = method_table(runs, methods, base)
     lines += ["### Test (256 problems): score [95% CI]; * = the interval excludes 0", ""] + table + [""]
     if stats:

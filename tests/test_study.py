@@ -99,6 +99,13 @@ def test_learning_rate_is_chosen_on_validation_and_unlocks_other_seeds(tmp_path,
     unfinished = study20.run_spec("rloo", low, 0)
     _finish(unfinished, 0.5, steps=12)  # stopped at step 12: no validation score yet
     assert study20.validation_score(unfinished) is None
+    # EM-FT's candidates reach below the shared pair; the choice waits for all four
+    assert study20.learning_rates("em_ft") == (1e-6, 3e-6, low, high)
+    for lr, score in ((low, 0.03), (high, 0.03), (1e-6, 0.22)):
+        _finish(study20.run_spec("em_ft", lr, 0), score)
+    assert study20.chosen_lr("em_ft") is None
+    _finish(study20.run_spec("em_ft", 3e-6, 0), 0.20)
+    assert study20.chosen_lr("em_ft") == 1e-6
 
 
 def test_report_tables_from_run_files(tmp_path, monkeypatch):
