@@ -79,7 +79,7 @@ def load_runs(task_root: str) -> list[dict[str, Any]]:
         if not m or not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
             continue
         test = os.path.join(run_dir, "test_eval.json")
-        runs.append(dict(method=m["method"], lr=float(m["lr"]), seed=int(m["seed"]),
+        runs.append(dict(method=m["method"], lr=float(m["lr"]), seed=int(m["seed"]), dir=run_dir,
                          records=read_records(os.path.join(run_dir, "metrics.jsonl")),
                          test=read_json(test) if os.path.isfile(test) else None))
     return runs
@@ -318,6 +318,16 @@ def plot(stats: dict[str, dict[str, Interval]], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def plot_training(runs: list[dict[str, Any]], path: str) -> None:
+    """Train task reward, validation pass@1 and train token entropy against step, one line per method
+    (mean over its seeds, band: +- std), drawn by `aggregate.plot_curves`."""
+    from aggregate import load_run, plot_curves
+    groups: dict[str, list[Any]] = {}
+    for r in runs:
+        groups.setdefault(r["method"], []).append(load_run(r["dir"]))
+    plot_curves(groups, path)
+
+
 # ---------------------------------------------------------------- the report
 
 def task_section(task_root: str, task: str, methods: list[str], out: str) -> list[str]:
@@ -345,6 +355,10 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
         lines += pairwise_rows(diffs, methods) + [""] + reading_lines(diffs, stats, family) + [""]
         lines += ["### What the trained policies generate (test split, avg@8 samples at T=1)", ""]
         lines += behaviour_rows(runs, methods) + [""]
+    if runs:
+        plot_training(runs, os.path.join(out, f"{task}_training.png"))
+        lines += ["### Training curves (chosen rates; mean over seeds, band +- std)", "",
+                  f"![{task} training]({task}_training.png)", ""]
     lines += ["### Base model decoding (test split)", ""] + decoding_rows(base, decoding) + [""]
     return lines
 

@@ -72,7 +72,7 @@ def _finish(run, val_pass, steps=20):
         f.write(json.dumps({"kind": "eval", "step": 0, "pass@1": 0.1}) + "\n")
         for s in range(1, steps + 1):
             f.write(json.dumps({"kind": "train", "step": s, "rollout_seconds": 1.0, "update_seconds": 2.0,
-                                "cpu_seconds": 5.0}) + "\n")
+                                "cpu_seconds": 5.0, "reward_mean": 0.1, "entropy_mean": 1.0}) + "\n")
         f.write(json.dumps({"kind": "eval", "step": steps, "pass@1": val_pass}) + "\n")
 
 
@@ -144,7 +144,7 @@ def test_report_tables_from_run_files(tmp_path, monkeypatch):
     assert [c.strip() for c in matrix.split("|")[1:-1]][1].endswith("*")  # gpg_age - grpo resolved
     assert re.search(r"- gpg_age - grpo = 0\.[34]\d+ \[.*\(holds\)", text)  # the family-wise (Bonferroni) level too
     assert "| gpg_age | 2 | 0.500 | 20.0 | 0.900 | 0.400 | 100 |" in text  # what the policies generate
-    assert (out / "chain_sum_test.png").stat().st_size > 0
+    assert (out / "chain_sum_test.png").stat().st_size > 0 and (out / "chain_sum_training.png").stat().st_size > 0
     assert (out / "runs" / "chain_sum" / "grpo__lr=1e-05__seed1" / "test_eval.json").is_file()
 
 
