@@ -285,7 +285,9 @@ def decoding_rows(base: dict[str, Any] | None, decoding: dict[str, Any] | None) 
         k = results["maj"]["k"]
         rows += ["", f"EM-INF (one sample, avg@k) minus self-consistency maj@{k}: {_ci(d)} over "
                  f"{len(em)} problems; tokens per problem {results['em_inf']['tokens'] / len(em) / k:.1f} "
-                 f"(one EM-INF sample) against {results['maj']['tokens'] / len(sc):.1f} (SC@{k})."]
+                 f"(one EM-INF sample) against {results['maj']['tokens'] / len(sc):.1f} (SC@{k}); generation seconds "
+                 f"{results['em_inf']['generate_seconds'] / k:.0f} (one EM-INF sample each) against "
+                 f"{results['maj']['generate_seconds']:.0f} (SC@{k})."]
     return rows
 
 
@@ -359,7 +361,8 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
         plot_training(runs, os.path.join(out, f"{task}_training.png"))
         lines += ["### Training curves (chosen rates; mean over seeds, band +- std)", "",
                   f"![{task} training]({task}_training.png)", ""]
-    lines += ["### Base model decoding (test split)", ""] + decoding_rows(base, decoding) + [""]
+    if decoding is not None or selected:  # the decoding stage runs on chain_sum
+        lines += ["### Base model decoding (test split)", ""] + decoding_rows(base, decoding) + [""]
     return lines
 
 
