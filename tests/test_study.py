@@ -128,6 +128,7 @@ def test_report_tables_from_run_files(tmp_path, monkeypatch):
                 json.dump(test_eval(p, p), f)
     with open(tmp_path / "runs" / "chain_sum" / "base_test_eval.json", "w") as f:
         json.dump(test_eval(0.2, 0.1), f)
+    _finish(study20.run_spec("grpo", study20.LEARNING_RATES[0], 2), 0.3, steps=7)
     out = tmp_path / "out"
     study20_report.report(str(tmp_path / "runs"), str(out), methods=["grpo", "gpg_age"])
     text = (out / "results.md").read_text()
@@ -146,6 +147,7 @@ def test_report_tables_from_run_files(tmp_path, monkeypatch):
     assert "| gpg_age | 2 | 0.500 | 20.0 | 0.900 | 0.400 | 100 |" in text  # what the policies generate
     assert (out / "chain_sum_test.png").stat().st_size > 0 and (out / "chain_sum_training.png").stat().st_size > 0
     assert (out / "runs" / "chain_sum" / "grpo__lr=1e-05__seed1" / "test_eval.json").is_file()
+    assert not (out / "runs" / "chain_sum" / "grpo__lr=1e-05__seed2").exists()  # still training: not copied
 
 
 def test_a_signal_stops_the_study(tmp_path, monkeypatch):
