@@ -103,7 +103,8 @@ def score_table(runs: list[dict[str, Any]], mode: str) -> tuple[np.ndarray, list
 
 
 def cost(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean over finished runs of wall seconds and process CPU seconds per run. Wall: the run's steps x its
+    """Median over finished runs (one run slowed by a shared machine does not decide it) of wall seconds and
+    process CPU seconds per run. Wall: the run's steps x its
     median step (rollout + update), so a step stretched by a pause or another process's load does not
     decide it; CPU: the summed process CPU seconds (all threads), robust to sharing the machine."""
     wall, cpu = [], []
@@ -112,7 +113,7 @@ def cost(runs: list[dict[str, Any]]) -> dict[str, float]:
         if train and train[-1]["step"] >= 20:
             wall.append(len(train) * float(np.median([x["rollout_seconds"] + x["update_seconds"] for x in train])))
             cpu.append(sum(x.get("cpu_seconds", np.nan) for x in train))
-    return {"wall_s": float(np.mean(wall)) if wall else np.nan, "cpu_s": float(np.mean(cpu)) if cpu else np.nan,
+    return {"wall_s": float(np.median(wall)) if wall else np.nan, "cpu_s": float(np.median(cpu)) if cpu else np.nan,
             "runs": len(wall)}
 
 
@@ -166,7 +167,8 @@ def method_table(runs: list[dict[str, Any]], methods: list[str], base: dict[str,
                  reference: str = "grpo") -> tuple[list[str], dict[str, dict[str, Interval]]]:
     """The test table: scores with intervals, paired differences against `reference` and the base model."""
     rows = ["| method | lr | seeds | greedy pass@1 | avg@8 | greedy - GRPO | greedy - base | avg@8 - base "
-            "| train s/run (wall, steps x median step) | CPU s/run |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| train s/run (wall, steps x median step; median run) | CPU s/run |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     stats: dict[str, dict[str, Interval]] = {}
     if base is not None:  # the untrained model's own scores: the row every "- base" column is paired with
         g0, a0 = (bootstrap_mean(problem_scores(base["results"][m])[None]) for m in ("greedy", "avg"))
@@ -241,8 +243,9 @@ def reading_lines(diffs: dict[tuple[str, str], Interval], stats: dict[str, dict[
             for (a, b), iv in diffs.items() if iv.excludes_zero and iv.mean > 0]
     unresolved = sum(1 for (a, b), iv in diffs.items() if a < b and not iv.excludes_zero)
     lines = ["Reading, greedy pass@1 (real = the 95% interval excludes 0):", ""]
-    lines += [f"- {m} vs the base model: {iv.text()} ({'real' if iv.excludes_zero else 'not resolved'})"
-              for m, iv in vs_base]
+    word = lambda iv: "real" if iv.excludes_zero else "not resolved"  # noqa: E731
+    lines += [f"- {m} vs the base model: greedy {iv.text()} ({word(iv)}); avg@8 {stats[m]['avg_vs_base'].text()} "
+              f"({word(stats[m]['avg_vs_base'])})" for m, iv in vs_base]
     lines += [f"- {x}" for x in real] or ["- no difference between two trained methods"]
     lines += ["", f"Not resolved: the other {unresolved} of {pairs} method pairs (their intervals hold 0; the "
               f"matrix above gives each mean). Among {pairs} pairs about {pairs / 20:.1f} intervals exclude 0 by "
@@ -263,7 +266,8 @@ def behaviour_rows(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
         cols = [np.mean([x[key] for x in res]) for key in ("entropy_mean", "completion_length_mean")]
         cols += [np.mean([x["metrics"][f"{name}@{k}"] for x in res]) for name in ("pass", "maj")]
         secs = np.mean([x["wall_seconds"] for x in res])
-        rows.append(f"| {m} | {len(res)} | {cols[0]:.3f} | {cols[1]:.1f} | {cols[2]:.3f} | {cols[3]:.3f} | {secs:.0f} |")
+        rows.append(f"| {m} | {len(res)} | {cols[0]:.3f} | {cols[1]:.1f} | {cols[2]:.3f} | {cols[3]:.3f} "
+                    f"| {secs:.0f} |")
     return rows
 
 
@@ -347,7 +351,8 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
     decoding = read_json(dec_path) if os.path.isfile(dec_path) else None
     lines = [f"## {task}", ""]
     if selected:
-        lines += ["### Learning-rate selection (seed 0, validation split)", ""] + selection_rows(all_runs, methods, chosen)
+        lines += ["### Learning-rate selection (seed 0, validation split)", ""]
+        lines += selection_rows(all_runs, methods, chosen)
         lines += [""]
     table, stats = method_table(runs, methods, base)
     lines += ["### Test (256 problems): score [95% CI]; * = the interval excludes 0", ""] + table + [""]
