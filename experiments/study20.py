@@ -30,6 +30,8 @@ Protocol (SmolLM2-135M-Instruct, float32, AdamW b2 0.99, clip 1.0, micro-batches
 
 Every job is a file that exists when it is done, so an interrupted `run` resumes
 where it stopped (a half-trained run resumes from its newest checkpoint, every 5 steps).
+One `run` at a time: a second one stops with a message naming the holder of
+`runs/study20/train.lock`.
 """
 from __future__ import annotations
 
@@ -250,6 +252,19 @@ def run_pending(stages: list[str] | None) -> int:
     return 1 if failed else 0
 
 
+def run_locked(stages: list[str] | None) -> int:
+    """`run_pending` while holding `<ROOT>/train.lock`: a second `run` of the same study stops with a message
+    instead of training the next pending job beside the first."""
+    from gpg_em.train.lock import WorkdirBusy, WorkdirLock
+    os.makedirs(ROOT, exist_ok=True)
+    try:
+        with WorkdirLock(ROOT):
+            return run_pending(stages)
+    except WorkdirBusy as e:
+        print(f"study20: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=("run", "status", "report", "restore"))
@@ -257,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=os.path.join(HERE, "results", "study20"))
     args = p.parse_args(argv)
     if args.command == "run":
-        return run_pending(args.stage)
+        return run_locked(args.stage)
     if args.command == "status":
         for j in jobs():
             state = "done" if j.done else "blocked" if j.blocked else "pending"

@@ -180,3 +180,17 @@ def test_restore_copies_back_finished_runs_only(tmp_path, monkeypatch):
     monkeypatch.setattr(study20, "ROOT", str(runs))
     assert study20.trained(study20.run_spec("grpo", 1e-5, 0))
     assert study20_report.restore(str(tmp_path / "committed"), str(runs), 20) == []  # nothing twice
+
+
+def test_a_second_run_of_the_study_stops_with_a_message(tmp_path, monkeypatch, capsys):
+    from gpg_em.train import lock
+    monkeypatch.setattr(study20, "ROOT", str(tmp_path))
+    monkeypatch.setattr(study20, "run_pending", lambda stages: pytest.fail("ran jobs beside a live study"))
+    with open(tmp_path / lock.LOCK_NAME, "w") as f:
+        json.dump(lock.owner(), f)  # held by a live process: this one
+    assert study20.main(["run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"study20: {tmp_path}: in use by pid {os.getpid()}") and "\n" not in err
+    os.remove(tmp_path / lock.LOCK_NAME)
+    monkeypatch.setattr(study20, "run_pending", lambda stages: 0)
+    assert study20.main(["run"]) == 0 and not (tmp_path / lock.LOCK_NAME).exists()  # taken, then released
