@@ -9,6 +9,7 @@ Intervals: `study_stats` (two-way bootstrap over seeds and problems, 95%).
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -211,12 +212,15 @@ def pairwise(tables: dict[str, dict[int, np.ndarray]], level: float = 0.95) -> d
     """(a, b) -> paired greedy difference a - b over the seeds both hold (same prompts, same problems),
     with its `level` bootstrap interval."""
     out = {}
-    for a, ta in tables.items():
-        for b, tb in tables.items():
-            common = sorted(set(ta) & set(tb))
-            if a != b and common:
-                out[a, b] = paired_difference(np.stack([ta[s] for s in common]), np.stack([tb[s] for s in common]),
-                                              level=level)
+    names = list(tables)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            common = sorted(set(tables[a]) & set(tables[b]))
+            if common:
+                iv = paired_difference(np.stack([tables[a][s] for s in common]),
+                                       np.stack([tables[b][s] for s in common]), level=level)
+                out[a, b] = iv
+                out[b, a] = dataclasses.replace(iv, mean=-iv.mean, low=-iv.high, high=-iv.low)  # b - a
     return out
 
 
