@@ -143,6 +143,7 @@ class Job:
     done: bool
     blocked: bool
     action: Any  # callable() -> None
+    tests: sweep.RunSpec | None = None  # a test job: the run it evaluates
 
 
 def train_job(stage: str, run: sweep.RunSpec) -> Job:
@@ -157,7 +158,14 @@ def _check(outcome: dict[str, str], run: sweep.RunSpec) -> None:
 
 def test_job(stage: str, run: sweep.RunSpec, task: dict[str, Any]) -> Job:
     return Job(f"test  {run.name}", stage, os.path.exists(test_path(run)), not trained(run),
-               lambda: evaluate_run(run, task))
+               lambda: evaluate_run(run, task), tests=run)
+
+
+def untestable() -> list[str]:
+    """Workdirs of trained runs whose test is still to come but whose checkpoints are gone (restored from
+    the committed results, which hold no checkpoints): such a run must train again before its test."""
+    return [j.tests.workdir for j in jobs() if j.tests is not None and not j.done and not j.blocked
+            and not os.path.isdir(os.path.join(j.tests.workdir, "checkpoints"))]
 
 
 def eval_command(model: str, task: dict[str, Any], modes: str, out: str, k: int) -> list[str]:
@@ -280,7 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from study20_report import report, restore
     if args.command == "restore":
-        for path in restore(os.path.join(args.out, "runs"), ROOT, FIXED["total_steps"]):
+        restored = restore(os.path.join(args.out, "runs"), ROOT, FIXED["total_steps"])
+        for path in untestable():
+            if path in restored:  # trained, untested, no checkpoint: it trains again
+                shutil.rmtree(path)
+                restored.remove(path)
+                print(f"left out {path}: its test is pending and the results hold no checkpoint; it trains again")
+        for path in restored:
             print(f"restored {path}")
         return 0
     return report(ROOT, args.out)

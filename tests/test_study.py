@@ -194,3 +194,21 @@ def test_a_second_run_of_the_study_stops_with_a_message(tmp_path, monkeypatch, c
     os.remove(tmp_path / lock.LOCK_NAME)
     monkeypatch.setattr(study20, "run_pending", lambda stages: 0)
     assert study20.main(["run"]) == 0 and not (tmp_path / lock.LOCK_NAME).exists()  # taken, then released
+
+
+def test_restore_leaves_out_a_run_whose_test_is_pending(tmp_path, monkeypatch, capsys):
+    """The committed results hold no checkpoints: a chosen-rate run trained but not yet tested must train again
+    (restored, its test would find nothing to evaluate); the other runs come back."""
+    low, high = study20.LEARNING_RATES
+    monkeypatch.setattr(study20, "ROOT", str(tmp_path / "out" / "runs"))
+    _finish(study20.run_spec("grpo", low, 0), 0.3)
+    _finish(study20.run_spec("grpo", high, 0), 0.1)  # not chosen: never tested, needed for the choice
+    _finish(study20.run_spec("grpo", low, 1), 0.3)  # chosen rate, test pending
+    with open(study20.test_path(study20.run_spec("grpo", low, 0)), "w") as f:
+        f.write("{}")
+    monkeypatch.setattr(study20, "ROOT", str(tmp_path / "runs"))
+    assert study20.main(["restore", "--out", str(tmp_path / "out")]) == 0
+    restored = sorted(os.listdir(tmp_path / "runs" / "chain_sum"))
+    assert restored == [f"grpo__lr={low:g}__seed0", f"grpo__lr={high:g}__seed0"]
+    assert "left out" in capsys.readouterr().out
+    assert f"train grpo__lr={low:g}__seed1" in [j.name for j in study20.jobs() if not j.done]
