@@ -345,9 +345,9 @@ def plot_training(runs: list[dict[str, Any]], path: str) -> None:
 # ---------------------------------------------------------------- the report
 
 def task_section(task_root: str, task: str, methods: list[str], out: str) -> list[str]:
-    from study20 import learning_rates
+    from study20 import CHAIN_SUM, learning_rates
     all_runs = load_runs(task_root)
-    selected = task == "chain_sum"  # the task whose seed-0 runs choose every method's rate
+    selected = task == CHAIN_SUM["task"]  # the task whose seed-0 runs choose every method's rate
     chosen = chosen_rates(all_runs, methods, {m: learning_rates(m) for m in methods} if selected else None)
     runs = [r for r in all_runs if chosen.get(r["method"]) == r["lr"]]  # the tables read the chosen rate only
     base_path, dec_path = (os.path.join(task_root, n) for n in BASE_FILES)
@@ -374,7 +374,7 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
         plot_training(runs, os.path.join(out, f"{task}_training.png"))
         lines += ["### Training curves (chosen rates; mean over seeds, band +- std)", "",
                   f"![{task} training]({task}_training.png)", ""]
-    if decoding is not None or selected:  # the decoding stage runs on chain_sum
+    if decoding is not None or selected:  # the decoding stage runs on the selection task
         lines += ["### Base model decoding (test split)", ""] + decoding_rows(base, decoding) + [""]
     return lines
 
