@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=("run", "status", "report", "restore"))
     p.add_argument("--stage", action="append", choices=("base", "select", "seeds", "decoding", "task2"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "study20"))
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     if args.command == "run":
         return run_locked(args.stage)
@@ -297,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         for path in restored:
             print(f"restored {path}")
         return 0
-    return report(ROOT, args.out)
+    try:
+        return report(ROOT, args.out)
+    except ValueError as e:
+        if args.debug:
+            raise
+        print(f"study20: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

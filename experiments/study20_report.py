@@ -72,8 +72,12 @@ def _copy(src: str, dst: str) -> None:
 
 
 def read_json(path: str) -> Any:
+    """The JSON in `path`; a file that does not parse raises ValueError naming it."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); rerun the job that wrote it or restore it from git") from e
 
 
 def load_runs(task_root: str) -> list[dict[str, Any]]:

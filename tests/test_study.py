@@ -212,3 +212,17 @@ def test_restore_leaves_out_a_run_whose_test_is_pending(tmp_path, monkeypatch, c
     assert restored == [f"grpo__lr={low:g}__seed0", f"grpo__lr={high:g}__seed0"]
     assert "left out" in capsys.readouterr().out
     assert f"train grpo__lr={low:g}__seed1" in [j.name for j in study20.jobs() if not j.done]
+
+
+def test_a_torn_test_file_stops_the_report_with_a_line_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study20, "ROOT", str(tmp_path / "runs"))
+    run = study20.run_spec("grpo", study20.LEARNING_RATES[0], 0)
+    _finish(run, 0.3)
+    with open(study20.test_path(run), "w") as f:
+        f.write('{"results": {"greedy": ')  # cut mid-write by hand
+    assert study20.main(["report", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    named = os.path.join(os.path.basename(os.path.dirname(study20.test_path(run))), "test_eval.json")
+    assert err.startswith("study20: ") and f"{named}: not valid JSON" in err and "\n" not in err
+    with pytest.raises(ValueError):
+        study20.main(["report", "--out", str(tmp_path / "out"), "--debug"])
