@@ -42,7 +42,7 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -204,31 +204,33 @@ def base_sampling_job(task: dict[str, Any]) -> Job:
 
 
 def jobs() -> list[Job]:
-    """Every job of the study in run order (the base model's test and decoding rows, seed 0 at each rate,
-    the winners' tests, other seeds, task 2)."""
+    """Every job of the study in run order: the base model's rows, seed 0 at each rate and the winners' tests,
+    then seed by seed (task 1 at that seed, then task 2 at that seed), so a study stopped early holds the
+    same seeds on every method of a task."""
     out = [base_sampling_job(CHAIN_SUM), decoding_job(CHAIN_SUM)]
     for method in METHODS:
         out += [train_job("select", run_spec(method, lr, 0)) for lr in learning_rates(method)]
         lr = chosen_lr(method)
         out.append(test_job("select", run_spec(method, lr, 0), CHAIN_SUM)
                    if lr is not None else Job(f"test  {method} seed0", "select", False, True, None))
-    for seed in SEEDS[1:]:
-        for method in METHODS:
-            lr = chosen_lr(method)
-            if lr is None:
-                out.append(Job(f"train {method} seed{seed}", "seeds", False, True, None))
-                continue
-            run = run_spec(method, lr, seed)
-            out += [train_job("seeds", run), test_job("seeds", run, CHAIN_SUM)]
     out.append(base_sampling_job(PRODUCTS))
     for seed in SEEDS:
-        for method in TASK2_METHODS:
-            lr = chosen_lr(method)
-            if lr is None:
-                out.append(Job(f"train {method} products seed{seed}", "task2", False, True, None))
-                continue
-            run = run_spec(method, lr, seed, PRODUCTS)
-            out += [train_job("task2", run), test_job("task2", run, PRODUCTS)]
+        if seed != SEEDS[0]:
+            out += seed_jobs("seeds", METHODS, seed, CHAIN_SUM)
+        out += seed_jobs("task2", TASK2_METHODS, seed, PRODUCTS)
+    return out
+
+
+def seed_jobs(stage: str, methods: Sequence[str], seed: int, task: dict[str, Any]) -> list[Job]:
+    """Train then test each method at its chosen rate and `seed` on `task` (blocked until the rate is chosen)."""
+    out = []
+    for method in methods:
+        lr = chosen_lr(method)
+        if lr is None:
+            out.append(Job(f"train {method} {task['task']} seed{seed}", stage, False, True, None))
+            continue
+        run = run_spec(method, lr, seed, task)
+        out += [train_job(stage, run), test_job(stage, run, task)]
     return out
 
 

@@ -106,6 +106,10 @@ def test_learning_rate_is_chosen_on_validation_and_unlocks_other_seeds(tmp_path,
     assert study20.chosen_lr("em_ft") is None
     _finish(study20.run_spec("em_ft", 3e-6, 0), 0.20)
     assert study20.chosen_lr("em_ft") == 1e-6
+    # seed by seed across the tasks: task 2 at seed 0, then task 1 at seed 1, then task 2 at seed 1
+    order = [(j.stage, j.name) for j in study20.jobs()]
+    at = lambda stage, seed: order.index((stage, f"train grpo__lr={high:g}__seed{seed}"))
+    assert at("task2", 0) < at("seeds", 1) < at("task2", 1) < at("seeds", 2) < at("task2", 2)
 
 
 def test_report_tables_from_run_files(tmp_path, monkeypatch):
