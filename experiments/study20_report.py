@@ -362,6 +362,9 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
         lines += ["### Learning-rate selection (seed 0, validation split)", ""]
         lines += selection_rows(all_runs, methods, chosen)
         lines += [""]
+    else:
+        lines += [f"Each method runs at the rate chosen on {CHAIN_SUM['task']}'s validation split; "
+                  "no rate is chosen on this task.", ""]
     table, stats = method_table(runs, methods, base)
     lines += ["### Test (256 problems): score [95% CI]; * = the interval excludes 0", ""] + table + [""]
     if stats:
