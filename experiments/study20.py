@@ -28,6 +28,10 @@ Protocol (SmolLM2-135M-Instruct, float32, AdamW b2 0.99, clip 1.0, micro-batches
   0.406 on the 256 test problems) for GRPO, GPG +AGE +beta_th, EM-FT and EM-RL-token at the
   learning rates chosen on chain_sum, 3 seeds (`task2` stage).
 
+Order: the base model's rows, seed 0 at every candidate rate with the winners' tests, then
+seed by seed (products at seed 0; chain_sum then products at seed 1; the same at seed 2), so a
+study stopped early holds the same seeds on every method of a task.
+
 Every job is a file that exists when it is done, so an interrupted `run` resumes
 where it stopped (a half-trained run resumes from its newest checkpoint, every 5 steps).
 One `run` at a time: a second one stops with a message naming the holder of
