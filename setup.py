@@ -16,6 +16,7 @@ setup(
         "flax>=0.10",
         "optax>=0.2.3",
         "orbax-checkpoint>=0.10",
+        "etils[epath]",  # epath.Path, the path type orbax handlers take
         "chex>=0.1.87",
         "numpy>=1.26",
         "transformers>=4.46",

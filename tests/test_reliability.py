@@ -1,6 +1,7 @@
 """A run never silently loses or poisons work: rewards that fail, non-finite values, the workdir lock,
 config changes on resume, metrics files, checkpoint fallback. (Signals: tests/test_train.py.)"""
 import json
+import logging
 import os
 import re
 import socket
@@ -298,7 +299,7 @@ def _nan_checkpoint(trainer, workdir):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "no_state", "empty", "nan"])
-def test_resume_falls_back_to_the_newest_intact_checkpoint(workdir, damage, capfd):
+def test_resume_falls_back_to_the_newest_intact_checkpoint(workdir, damage, capfd, caplog):
     import shutil
     from gpg_em.train.loop import Trainer
     c = tiny(total_steps=2, checkpoint_every=1)
@@ -321,6 +322,9 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(workdir, damage, capf
     assert [m.split("-")[0] for m in moved] == [os.path.basename(newest)]
     err = capfd.readouterr().err
     assert f"checkpoint step {os.path.basename(newest)} is " in err and "trying the previous one" in err
+    intact = os.path.join("checkpoints", str(expected), "")
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and intact in r.getMessage()]
+    assert not warned, warned  # reading an intact step's metadata logs no orbax warning
     for a, b in zip(_params(workdir, expected), [np.asarray(x) for x in __import__("jax").tree.leaves(
             trainer.run.state.params)]):
         np.testing.assert_array_equal(a, b)

@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from gpg_em.errors import UserError
 from gpg_em.train import layer_stack
@@ -70,7 +71,9 @@ def shape_mismatch(step_dir: str, abstract_state) -> str | None:
 
     Raises when the checkpoint's metadata cannot be read (a broken checkpoint, not another model's).
     """
-    saved = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state"))
+    # The handler reads the item's own _METADATA; a StandardCheckpointer would also look for a step-level
+    # metadata file inside the item folder and warn on every resume that it is absent.
+    saved = ocp.StandardCheckpointHandler().metadata(epath.Path(os.path.join(step_dir, "state")))
     saved = _leaf_shapes(getattr(saved, "item_metadata", saved))
     if not any(name.startswith("params/") for name in saved):
         raise FileNotFoundError(f"{step_dir}/state: no parameter metadata")
