@@ -1,5 +1,7 @@
 """Rewards: extraction, math-verify, format, reasoning-gym, registry, safety."""
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -60,6 +62,17 @@ def test_math_equivalent_forms(completion, gold):
 def test_math_wrong_and_empty():
     fn = make_math_reward()
     assert score(fn, [r"\boxed{41}", "no answer here", ""], ["42", "42", "42"]) == [0.0] * 3
+
+
+def test_math_reward_logs_no_disabled_timeout_notice():
+    # math-verify warns once per process that its own timeout is off; the deadline here replaces it, so a run's
+    # log stays free of the notice. A fresh interpreter: the notice is shown at most once per process.
+    code = ("import logging; logging.basicConfig(level=logging.INFO); import math_verify; "
+            "from gpg_em.rewards import make_math_reward; "
+            "print(make_math_reward()(['p'], [r'\\boxed{6}'], [{'answer': '6'}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[1.0]", done.stderr
+    assert "Timeout is disabled" not in done.stderr, done.stderr
 
 
 def test_math_boxed_preferred_and_last_number_fallback():

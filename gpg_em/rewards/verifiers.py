@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -17,6 +18,17 @@ from gpg_em.rewards.deadline import call_with_deadline
 from gpg_em.rewards.extract import DEFAULT_EXTRACTION, extract_answer, parse_spec
 
 RewardFn = Callable[[Sequence[Any], Sequence[str], Sequence[Mapping[str, Any]]], list]
+
+
+class _OwnDeadlineNotice(logging.Filter):
+    """Drops math-verify's notice that its own timeout is off: `call_with_deadline` is the timeout here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_OwnDeadlineNotice())
 
 # An extracted answer longer than this is not parsed: sympy on huge inputs is
 # slow, and off the main thread nothing can stop it (see deadline.py).
