@@ -279,6 +279,20 @@ def behaviour_rows(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
     return rows
 
 
+def seed_rows(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """Each seed's own greedy pass@1 and avg@8 (a method that moves on one seed only shows here)."""
+    seeds = sorted({r["seed"] for r in runs if r["test"] is not None})
+    rows = ["| method | " + " | ".join(f"seed {s}: greedy / avg@8" for s in seeds) + " |",
+            "|---|" + "---:|" * len(seeds)]
+    for m in methods:
+        mine = {r["seed"]: r["test"]["results"] for r in runs if r["method"] == m and r["test"] is not None}
+        if mine:
+            cells = [" / ".join(f"{problem_scores(mine[s][k]).mean():.3f}" for k in ("greedy", "avg"))
+                     if s in mine else "-" for s in seeds]
+            rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def decoding_rows(base: dict[str, Any] | None, decoding: dict[str, Any] | None) -> list[str]:
     """Base-model decoding: score, tokens per problem and generation seconds; EM-INF vs SC@4 paired."""
     if decoding is None:
@@ -373,6 +387,8 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
         tables = greedy_tables(runs, methods)
         diffs = pairwise(tables)
         family = pairwise(tables, level=1.0 - 0.05 / max(len(diffs) // 2, 1))
+        lines += ["### Per seed (test, the same prompts per seed across methods)", ""] + seed_rows(runs, methods)
+        lines += [""]
         lines += ["### Paired greedy differences between methods (seeds both hold)", ""]
         lines += pairwise_rows(diffs, methods) + [""] + reading_lines(diffs, stats, family) + [""]
         lines += ["### What the trained policies generate (test split, avg@8 samples at T=1)", ""]

@@ -149,6 +149,10 @@ def test_report_tables_from_run_files(tmp_path, monkeypatch):
     assert [c.strip() for c in matrix.split("|")[1:-1]][1].endswith("*")  # gpg_age - grpo resolved
     assert re.search(r"- gpg_age - grpo = 0\.[34]\d+ \[.*\(holds\)", text)  # the family-wise (Bonferroni) level too
     assert "| gpg_age | 2 | 0.500 | 20.0 | 0.900 | 0.400 | 100 |" in text  # what the policies generate
+    seed1 = json.load(open(study20.test_path(study20.run_spec("gpg_age", study20.LEARNING_RATES[0], 1))))["results"]
+    seed1 = [np.mean([np.mean(p["correct"]) for p in seed1[m]["problems"]]) for m in ("greedy", "avg")]
+    per_seed = next(line for line in text.splitlines() if line.startswith("| gpg_age | 0.") and " / " in line)
+    np.testing.assert_allclose([float(x) for x in per_seed.split("|")[3].split("/")], seed1, atol=5e-4)
     assert (out / "chain_sum_test.png").stat().st_size > 0 and (out / "chain_sum_training.png").stat().st_size > 0
     assert (out / "runs" / "chain_sum" / "grpo__lr=1e-05__seed1" / "test_eval.json").is_file()
     assert not (out / "runs" / "chain_sum" / "grpo__lr=1e-05__seed2").exists()  # still training: not copied
