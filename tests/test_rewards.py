@@ -67,7 +67,7 @@ def test_math_wrong_and_empty():
 def test_math_reward_logs_no_disabled_timeout_notice():
     # math-verify warns once per process that its own timeout is off; the deadline here replaces it, so a run's
     # log stays free of the notice. A fresh interpreter: the notice is shown at most once per process.
-    code = ("import logging; logging.basicConfig(level=logging.INFO); import math_verify; "
+    code = ("import logging; logging.basicConfig(level=logging.INFO); "
             "from gpg_em.rewards import make_math_reward; "
             "print(make_math_reward()(['p'], [r'\\boxed{6}'], [{'answer': '6'}]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
