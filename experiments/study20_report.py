@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from study_copying import copying_rows
 from study_stats import Interval, bootstrap_mean, paired_difference
 from sweep import read_records
 
@@ -393,6 +394,12 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
         lines += pairwise_rows(diffs, methods) + [""] + reading_lines(diffs, stats, family) + [""]
         lines += ["### What the trained policies generate (test split, avg@8 samples at T=1)", ""]
         lines += behaviour_rows(runs, methods) + [""]
+        copying = copying_rows(runs, methods, base)
+        if copying:
+            lines += ["### How wrong greedy answers fail: a number copied from the question (test split)", "",
+                      "Share of the 256 problems whose greedy answer is wrong and is a number written in the "
+                      "question (e.g. 19 for 59 * 19); * = the paired interval against the base model "
+                      "excludes 0.", ""] + copying + [""]
     if runs:
         plot_training(runs, os.path.join(out, f"{task}_training.png"))
         lines += ["### Training curves (chosen rates; mean over seeds, band +- std)", "",

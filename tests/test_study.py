@@ -234,3 +234,33 @@ def test_a_torn_test_file_stops_the_report_with_a_line_naming_it(tmp_path, monke
     assert err.startswith("study20: ") and f"{named}: not valid JSON" in err and "\n" not in err
     with pytest.raises(ValueError):
         study20.main(["report", "--out", str(tmp_path / "out"), "--debug"])
+
+
+def test_copied_flags_mark_wrong_answers_that_repeat_a_number_of_the_question():
+    from study_copying import copied_flags
+    questions = ["What is 59 * 19?", "What is 4 * 5?", "What is 4 * 5?", "Sum 1,200 and 3", "What is 7 * 8?"]
+    answers = ["19", "20", "5.0", "1200", None]
+    golds = ["1121", "20", "20", "1203", "56"]
+    # 19 is an operand (wrong, copied); 20 is right; 5.0 == 5 (copied); 1,200 reads as 1200 (copied); no answer
+    np.testing.assert_array_equal(copied_flags(questions, answers, golds), [1, 0, 1, 1, 0])
+
+
+def test_copying_table_regenerates_the_questions_from_the_eval_spec():
+    import reasoning_gym
+    from study_copying import copying_rows
+    spec = {"kind": "reasoning_gym", "task": "products", "seed": 7, "size": 6,
+            "options": {"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2}}
+    data = reasoning_gym.create_dataset("products", seed=7, size=6, **spec["options"])
+    operands = [re.findall(r"\d+", data[i]["question"])[0] for i in range(6)]
+
+    def evaluation(copy_first: int):  # the first `copy_first` problems answer an operand, the rest the gold
+        rows = [{"index": i, "gold": data[i]["answer"], "correct": [int(i >= copy_first)],
+                 "answers": [operands[i] if i < copy_first else data[i]["answer"]]} for i in range(6)]
+        return {"problems": spec, "results": {"greedy": {"problems": rows}}}
+
+    runs = [{"method": "em_rl_token", "seed": s, "test": evaluation(3)} for s in (0, 1)]
+    rows = copying_rows(runs, ["em_rl_token"], evaluation(0))
+    assert rows[2].startswith("| base model | - | 0.000 | 0.000 [0.000, 0.000] |")
+    cells = [c.strip() for c in rows[3].split("|")[1:-1]]
+    assert cells[:3] == ["em_rl_token", "2", "0.500"] and cells[3].startswith("0.500 [")
+    assert cells[4].startswith("0.500 [") and cells[4].endswith("*")  # every copy is new against the base
