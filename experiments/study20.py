@@ -27,6 +27,9 @@ Protocol (SmolLM2-135M-Instruct, float32, AdamW b2 0.99, clip 1.0, micro-batches
 * Second task: reasoning-gym `products` (2 factors of 1-2 digits; base greedy pass@1
   0.406 on the 256 test problems) for GRPO, GPG +AGE +beta_th, EM-FT and EM-RL-token at the
   learning rates chosen on chain_sum, 3 seeds (`task2` stage).
+* Rate check (`ratecheck` stage): EM-RL-token on products at 3e-6, seeds 0 and 1, read on
+  the validation split only (no test, no choice): whether its collapse there, answers that
+  copy an operand, follows from the rate chosen on chain_sum.
 
 Order: the base model's rows, seed 0 at every candidate rate with the winners' tests, then
 seed by seed (products at seed 0; chain_sum then products at seed 1; the same at seed 2), so a
@@ -74,6 +77,9 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "em_rl_sequence": ("configs/em_rl.py", {"em.rl_kind": "trajectory"}),
 }
 TASK2_METHODS = ("grpo", "gpg_age_beta", "em_ft", "em_rl_token")
+# products, validation only: does a smaller rate keep EM-RL-token from collapsing onto a copied operand?
+RATE_CHECK = {"em_rl_token": 3e-6}
+RATE_CHECK_SEEDS = (0, 1)
 
 FIXED = {"total_steps": 20, "eval_every": 20, "checkpoint_every": 5, "keep_checkpoints": 1,
          "rollout.prompts_per_step": 4, "rollout.group_size": 8, "rollout.max_new_tokens": 96,
@@ -160,6 +166,15 @@ def _check(outcome: dict[str, str], run: sweep.RunSpec) -> None:
         raise RuntimeError(f"training {run.workdir} failed (see the traceback above)")
 
 
+def check_job(run: sweep.RunSpec) -> Job:
+    """Train only (the validation eval at steps 0 and 20 is the result), then drop the checkpoints."""
+    def action():
+        _check(sweep.execute([run], stop_on_error=False), run)
+        shutil.rmtree(os.path.join(run.workdir, "checkpoints"), ignore_errors=True)
+    method = run.name.split("__")[0]  # compared with the chain_sum rate: waits for that choice
+    return Job(f"check {run.name}", "ratecheck", trained(run), chosen_lr(method) is None, action)
+
+
 def test_job(stage: str, run: sweep.RunSpec, task: dict[str, Any]) -> Job:
     return Job(f"test  {run.name}", stage, os.path.exists(test_path(run)), not trained(run),
                lambda: evaluate_run(run, task), tests=run)
@@ -222,6 +237,7 @@ def jobs() -> list[Job]:
         if seed != SEEDS[0]:
             out += seed_jobs("seeds", METHODS, seed, CHAIN_SUM)
         out += seed_jobs("task2", TASK2_METHODS, seed, PRODUCTS)
+    out += [check_job(run_spec(m, lr, seed, PRODUCTS)) for m, lr in RATE_CHECK.items() for seed in RATE_CHECK_SEEDS]
     return out
 
 
@@ -282,7 +298,7 @@ def run_locked(stages: list[str] | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=("run", "status", "report", "restore"))
-    p.add_argument("--stage", action="append", choices=("base", "select", "seeds", "decoding", "task2"))
+    p.add_argument("--stage", action="append", choices=("base", "select", "seeds", "decoding", "task2", "ratecheck"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "study20"))
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)

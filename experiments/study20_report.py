@@ -159,6 +159,39 @@ def selection_rows(runs: list[dict[str, Any]], methods: list[str], chosen: dict[
     return rows
 
 
+def selection_task_rates(task_root: str, runs: list[dict[str, Any]], methods: list[str],
+                         selected: bool) -> dict[str, float]:
+    """method -> the rate its tables read: chosen on this task's runs when it is the selection task, else
+    the rate chosen on the selection task's runs beside it (other rates here are checks, never choices)."""
+    from study20 import CHAIN_SUM, learning_rates
+    candidates = {m: learning_rates(m) for m in methods}
+    if selected:
+        return chosen_rates(runs, methods, candidates)
+    sel_root = os.path.join(os.path.dirname(task_root), CHAIN_SUM["task"])
+    if not os.path.isdir(sel_root):
+        return chosen_rates(runs, methods, None)
+    return chosen_rates(load_runs(sel_root), methods, candidates)
+
+
+def check_rows(runs: list[dict[str, Any]], methods: list[str], chosen: dict[str, float]) -> list[str]:
+    """Each run of `methods`: validation pass@1 at steps 0 and 20, and its last 5 steps' sample entropy and
+    task reward (the monitor a label-free method does not train on)."""
+    rows = ["| method | learning rate | seed | validation pass@1, step 0 | step 20 | sample entropy, "
+            "steps 16-20 | task reward, steps 16-20 | chosen on chain_sum |", "|---|---:|---:|---:|---:|---:|---:|:-:|"]
+    for r in sorted((r for r in runs if r["method"] in methods), key=lambda r: (r["method"], -r["lr"], r["seed"])):
+        late = [x for x in r["records"] if x.get("kind") == "train" and x.get("step", 0) > 15]
+        ent, task = (_mean([x.get(k) for x in late]) for k in ("sample_entropy_mean", "task_reward_mean"))
+        rows.append(f"| {r['method']} | {r['lr']:g} | {r['seed']} | {_f(validation([r], 0))} | "
+                    f"{_f(validation([r], 20))} | {_f(ent)} | {_f(task)} | "
+                    f"{'yes' if chosen.get(r['method']) == r['lr'] else ''} |")
+    return rows
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
 def _f(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
@@ -255,6 +288,8 @@ def reading_lines(diffs: dict[tuple[str, str], Interval], stats: dict[str, dict[
     word = lambda iv: "real" if iv.excludes_zero else "not resolved"  # noqa: E731
     lines += [f"- {m} vs the base model: greedy {iv.text()} ({word(iv)}); avg@8 {stats[m]['avg_vs_base'].text()} "
               f"({word(stats[m]['avg_vs_base'])})" for m, iv in vs_base]
+    if not pairs:
+        return lines
     lines += [f"- {x}" for x in real] or ["- no difference between two trained methods"]
     lines += ["", f"Not resolved: the other {unresolved} of {pairs} method pairs (their intervals hold 0; the "
               f"matrix above gives each mean). Among {pairs} pairs about {pairs / 20:.1f} intervals exclude 0 by "
@@ -367,7 +402,7 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
     from study20 import CHAIN_SUM, learning_rates
     all_runs = load_runs(task_root)
     selected = task == CHAIN_SUM["task"]  # the task whose seed-0 runs choose every method's rate
-    chosen = chosen_rates(all_runs, methods, {m: learning_rates(m) for m in methods} if selected else None)
+    chosen = selection_task_rates(task_root, all_runs, methods, selected)
     runs = [r for r in all_runs if chosen.get(r["method"]) == r["lr"]]  # the tables read the chosen rate only
     base_path, dec_path = (os.path.join(task_root, n) for n in BASE_FILES)
     base = read_json(base_path) if os.path.isfile(base_path) else None
@@ -380,6 +415,10 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
     else:
         lines += [f"Each method runs at the rate chosen on {CHAIN_SUM['task']}'s validation split; "
                   "no rate is chosen on this task.", ""]
+        checked = [m for m in methods if len({r["lr"] for r in all_runs if r["method"] == m}) > 1]
+        if checked:
+            lines += ["### Rate check (validation split only; every table below uses the chosen rate)", ""]
+            lines += check_rows(all_runs, checked, chosen) + [""]
     table, stats = method_table(runs, methods, base)
     lines += ["### Test (256 problems): score [95% CI]; * = the interval excludes 0", ""] + table + [""]
     if stats:
@@ -390,8 +429,10 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
         family = pairwise(tables, level=1.0 - 0.05 / max(len(diffs) // 2, 1))
         lines += ["### Per seed (test, the same prompts per seed across methods)", ""] + seed_rows(runs, methods)
         lines += [""]
-        lines += ["### Paired greedy differences between methods (seeds both hold)", ""]
-        lines += pairwise_rows(diffs, methods) + [""] + reading_lines(diffs, stats, family) + [""]
+        if diffs:
+            lines += ["### Paired greedy differences between methods (seeds both hold)", ""]
+            lines += pairwise_rows(diffs, methods) + [""]
+        lines += reading_lines(diffs, stats, family) + [""]
         lines += ["### What the trained policies generate (test split, avg@8 samples at T=1)", ""]
         lines += behaviour_rows(runs, methods) + [""]
         copying = copying_rows(runs, methods, base)

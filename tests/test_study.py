@@ -72,7 +72,8 @@ def _finish(run, val_pass, steps=20):
         f.write(json.dumps({"kind": "eval", "step": 0, "pass@1": 0.1}) + "\n")
         for s in range(1, steps + 1):
             f.write(json.dumps({"kind": "train", "step": s, "rollout_seconds": 1.0, "update_seconds": 2.0,
-                                "cpu_seconds": 5.0, "reward_mean": 0.1, "entropy_mean": 1.0}) + "\n")
+                                "cpu_seconds": 5.0, "reward_mean": 0.1, "entropy_mean": 1.0,
+                                "sample_entropy_mean": 0.5, "task_reward_mean": 0.25 if s > 15 else 0.0}) + "\n")
         f.write(json.dumps({"kind": "eval", "step": steps, "pass@1": val_pass}) + "\n")
 
 
@@ -264,3 +265,28 @@ def test_copying_table_regenerates_the_questions_from_the_eval_spec():
     cells = [c.strip() for c in rows[3].split("|")[1:-1]]
     assert cells[:3] == ["em_rl_token", "2", "0.500"] and cells[3].startswith("0.500 [")
     assert cells[4].startswith("0.500 [") and cells[4].endswith("*")  # every copy is new against the base
+
+
+def test_a_rate_check_on_task_two_is_listed_but_never_chosen(tmp_path, monkeypatch):
+    monkeypatch.setattr(study20, "ROOT", str(tmp_path / "runs"))
+    low, high = study20.LEARNING_RATES
+    check = study20.RATE_CHECK["em_rl_token"]
+    _finish(study20.run_spec("em_rl_token", low, 0), 0.30)  # chain_sum: the smaller shared rate wins
+    _finish(study20.run_spec("em_rl_token", high, 0), 0.10)
+    task2 = lambda lr, seed: study20.run_spec("em_rl_token", lr, seed, study20.PRODUCTS)
+    names = [j.name for j in study20.jobs() if j.stage == "ratecheck"]
+    assert names == [f"check {task2(check, s).name}" for s in study20.RATE_CHECK_SEEDS]
+    _finish(task2(low, 0), 0.09)
+    _finish(task2(check, 0), 0.40)  # better on validation, yet only a check
+    with open(study20.test_path(task2(low, 0)), "w") as f:
+        json.dump({"results": {"greedy": {"problems": [{"correct": [1]}, {"correct": [0]}]},
+                               "avg": {"problems": [{"correct": [1, 0]}] * 2, "k": 2, "entropy_mean": 0.1,
+                                       "completion_length_mean": 6.0, "metrics": {"pass@2": 0.5, "maj@2": 0.5},
+                                       "wall_seconds": 1.0}}}, f)
+    out = tmp_path / "out"
+    study20_report.report(str(tmp_path / "runs"), str(out), methods=["em_rl_token"])
+    products = (out / "results.md").read_text().split("## products")[1]
+    assert f"| em_rl_token | {low:g} | 1 | 0.500 [" in products  # the test table reads chain_sum's rate
+    assert f"| em_rl_token | {check:g} | 0 | 0.100 | 0.400 | 0.500 | 0.250 |  |" in products
+    assert f"| em_rl_token | {low:g} | 0 | 0.100 | 0.090 | 0.500 | 0.250 | yes |" in products
+    assert "Paired greedy differences" not in products  # one method: no pairs to compare
