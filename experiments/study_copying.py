@@ -82,10 +82,10 @@ def copying_rows(runs: list[dict[str, Any]], methods: list[str],
                  base: dict[str, Any] | None) -> list[str]:
     """Table: per method the greedy wrong share and the copied share [95% CI], paired against the base."""
     base_flags = greedy_copied(base) if base is not None else None
-    rows = ["| method | seeds | greedy wrong | wrong and copied from the question | copied - base |",
-            "|---|---:|---:|---:|---:|"]
+    rows = ["| method | seeds | greedy wrong | wrong and copied from the question | copied, per seed | copied - base |",
+            "|---|---:|---:|---:|---:|---:|"]
     if base_flags is not None:
-        rows.append(f"| base model | - | {_wrong([base]):.3f} | {_ci(bootstrap_mean(base_flags[None]))} | - |")
+        rows.append(f"| base model | - | {_wrong([base]):.3f} | {_ci(bootstrap_mean(base_flags[None]))} | - | - |")
     for m in methods:
         evals = [r["test"] for r in sorted(runs, key=lambda r: r["seed"])
                  if r["method"] == m and r["test"] is not None]
@@ -94,7 +94,9 @@ def copying_rows(runs: list[dict[str, Any]], methods: list[str],
             continue
         table = np.stack(flags)
         vs_base = _ci(paired_difference(table, base_flags), star=True) if base_flags is not None else "-"
-        rows.append(f"| {m} | {len(flags)} | {_wrong(evals):.3f} | {_ci(bootstrap_mean(table))} | {vs_base} |")
+        per_seed = " / ".join(f"{x:.3f}" for x in table.mean(axis=1))
+        rows.append(f"| {m} | {len(flags)} | {_wrong(evals):.3f} | {_ci(bootstrap_mean(table))} | {per_seed} "
+                    f"| {vs_base} |")
     return rows if len(rows) > 2 else []
 
 

@@ -259,12 +259,13 @@ def test_copying_table_regenerates_the_questions_from_the_eval_spec():
                  "answers": [operands[i] if i < copy_first else data[i]["answer"]]} for i in range(6)]
         return {"problems": spec, "results": {"greedy": {"problems": rows}}}
 
-    runs = [{"method": "em_rl_token", "seed": s, "test": evaluation(3)} for s in (0, 1)]
+    runs = [{"method": "em_rl_token", "seed": s, "test": evaluation(c)} for s, c in ((0, 3), (1, 3), (2, 6))]
     rows = copying_rows(runs, ["em_rl_token"], evaluation(0))
-    assert rows[2].startswith("| base model | - | 0.000 | 0.000 [0.000, 0.000] |")
+    assert rows[2] == "| base model | - | 0.000 | 0.000 [0.000, 0.000] | - | - |"
     cells = [c.strip() for c in rows[3].split("|")[1:-1]]
-    assert cells[:3] == ["em_rl_token", "2", "0.500"] and cells[3].startswith("0.500 [")
-    assert cells[4].startswith("0.500 [") and cells[4].endswith("*")  # every copy is new against the base
+    assert cells[:3] == ["em_rl_token", "3", "0.667"] and cells[3].startswith("0.667 [")
+    assert cells[4] == "0.500 / 0.500 / 1.000"  # seed 2 answers every problem with an operand
+    assert cells[5].startswith("0.667 [") and cells[5].endswith("*")  # every copy is new against the base
 
 
 def test_a_rate_check_on_task_two_is_listed_but_never_chosen(tmp_path, monkeypatch):
