@@ -166,12 +166,12 @@ def _check(outcome: dict[str, str], run: sweep.RunSpec) -> None:
         raise RuntimeError(f"training {run.workdir} failed (see the traceback above)")
 
 
-def check_job(run: sweep.RunSpec) -> Job:
+def check_job(method: str, run: sweep.RunSpec) -> Job:
     """Train only (the validation eval at steps 0 and 20 is the result), then drop the checkpoints."""
     def action():
         _check(sweep.execute([run], stop_on_error=False), run)
         shutil.rmtree(os.path.join(run.workdir, "checkpoints"), ignore_errors=True)
-    method = run.name.split("__")[0]  # compared with the chain_sum rate: waits for that choice
+    # compared with the chain_sum rate: waits for that choice
     return Job(f"check {run.name}", "ratecheck", trained(run), chosen_lr(method) is None, action)
 
 
@@ -237,7 +237,7 @@ def jobs() -> list[Job]:
         if seed != SEEDS[0]:
             out += seed_jobs("seeds", METHODS, seed, CHAIN_SUM)
         out += seed_jobs("task2", TASK2_METHODS, seed, PRODUCTS)
-    out += [check_job(run_spec(m, lr, seed, PRODUCTS)) for m, lr in RATE_CHECK.items() for seed in RATE_CHECK_SEEDS]
+    out += [check_job(m, run_spec(m, lr, seed, PRODUCTS)) for m, lr in RATE_CHECK.items() for seed in RATE_CHECK_SEEDS]
     return out
 
 

@@ -168,8 +168,8 @@ def selection_task_rates(task_root: str, runs: list[dict[str, Any]], methods: li
     if selected:
         return chosen_rates(runs, methods, candidates)
     sel_root = os.path.join(os.path.dirname(task_root), CHAIN_SUM["task"])
-    if not os.path.isdir(sel_root):
-        return chosen_rates(runs, methods, None)
+    if not os.path.isdir(sel_root):  # no choice to read: a method run here at one rate only uses it
+        return chosen_rates(runs, [m for m in methods if len({r["lr"] for r in runs if r["method"] == m}) == 1])
     return chosen_rates(load_runs(sel_root), methods, candidates)
 
 
@@ -399,7 +399,7 @@ def plot_training(runs: list[dict[str, Any]], path: str) -> None:
 # ---------------------------------------------------------------- the report
 
 def task_section(task_root: str, task: str, methods: list[str], out: str) -> list[str]:
-    from study20 import CHAIN_SUM, learning_rates
+    from study20 import CHAIN_SUM
     all_runs = load_runs(task_root)
     selected = task == CHAIN_SUM["task"]  # the task whose seed-0 runs choose every method's rate
     chosen = selection_task_rates(task_root, all_runs, methods, selected)

@@ -5,6 +5,7 @@ Interval widths are checked against closed-form standard errors (normal theory),
 import json
 import os
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -291,3 +292,8 @@ def test_a_rate_check_on_task_two_is_listed_but_never_chosen(tmp_path, monkeypat
     assert f"| em_rl_token | {check:g} | 0 | 0.100 | 0.400 | 0.500 | 0.250 |  |" in products
     assert f"| em_rl_token | {low:g} | 0 | 0.100 | 0.090 | 0.500 | 0.250 | yes |" in products
     assert "Paired greedy differences" not in products  # one method: no pairs to compare
+    # without the selection task beside it, a method with several rates here has no rate to read
+    shutil.rmtree(out / "runs" / "chain_sum")
+    task_root = str(out / "runs" / "products")
+    runs = study20_report.load_runs(task_root)
+    assert study20_report.selection_task_rates(task_root, runs, ["em_rl_token"], selected=False) == {}
