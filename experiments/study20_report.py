@@ -364,7 +364,7 @@ def plot(stats: dict[str, dict[str, Interval]], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     methods = list(stats)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(methods) + 1.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(methods) + 2.0), sharey=True)
     y = np.arange(len(methods))
     for ax, keys, label in ((axes[0], ("greedy", "avg"), "test score (95% CI)"),
                             (axes[1], ("greedy_vs_base", "greedy_vs_ref"), "paired difference, greedy (95% CI)")):
@@ -376,7 +376,8 @@ def plot(stats: dict[str, dict[str, Interval]], path: str, title: str) -> None:
             ax.errorbar(mean, y[ok] + (j - 0.5) * 0.25, xerr=err, fmt="o", capsize=3,
                         label=key.replace("_vs_ref", " - GRPO").replace("_vs_base", " - base"))
         ax.set_xlabel(label)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18 if len(methods) < 6 else -0.08),
+                  ncol=2, fontsize=8, frameon=False)  # below the axes: never over a row
         ax.grid(alpha=0.3)
     axes[1].axvline(0.0, color="k", lw=0.8)
     axes[0].set_yticks(y, methods)
