@@ -31,6 +31,8 @@ def canonical(text: str | None) -> str | None:
     text = text.strip().replace(",", "")
     if not NUMBER.fullmatch(text):
         return None
+    if "." not in text:
+        return str(int(text))  # exact for any length
     value = float(text)
     return str(int(value)) if value == int(value) else repr(value)
 
@@ -51,15 +53,24 @@ def copied_flags(questions: Sequence[str], answers: Sequence[str | None],
 
 
 @lru_cache(maxsize=8)
-def _questions(spec_json: str) -> tuple[str, ...]:
+def _problems(spec_json: str) -> tuple[tuple[str, str], ...]:
     from gpg_em.data.sources import make_source
     spec = json.loads(spec_json)
-    return tuple(e["question"] for e in make_source(spec))
+    return tuple((e["question"], e["answer"]) for e in make_source(spec))
 
 
-def questions_for(spec: dict[str, Any]) -> tuple[str, ...]:
-    """The test questions of an evaluation, regenerated from its `problems` spec."""
-    return _questions(json.dumps(spec, sort_keys=True))
+def questions_for(spec: dict[str, Any], golds: dict[int, str]) -> dict[int, str]:
+    """index -> question of an evaluation, regenerated from its `problems` spec; each regenerated answer must
+    equal the eval's stored gold, else ValueError (another generator version would mislabel silently)."""
+    problems = _problems(json.dumps(spec, sort_keys=True))
+    out = {}
+    for i, gold in golds.items():
+        if not 0 <= i < len(problems) or str(problems[i][1]) != str(gold):
+            got = problems[i][1] if 0 <= i < len(problems) else f"no problem (size {len(problems)})"
+            raise ValueError(f"problems spec {spec}: regenerated problem {i} gives {got!r}, the eval's gold is "
+                             f"{gold!r}; the generator differs from the one that made the eval")
+        out[i] = problems[i][0]
+    return out
 
 
 def greedy_copied(test_eval: dict[str, Any]) -> np.ndarray | None:
@@ -68,7 +79,7 @@ def greedy_copied(test_eval: dict[str, Any]) -> np.ndarray | None:
     rows = greedy.get("problems", [])
     if not isinstance(spec, dict) or not rows or "answers" not in rows[0]:
         return None
-    questions = questions_for(spec)
+    questions = questions_for(spec, {p["index"]: p["gold"] for p in rows})
     picked = [questions[p["index"]] for p in rows]
     answers = [p["answers"][0] if p["answers"] else None for p in rows]
     return copied_flags(picked, answers, [p["gold"] for p in rows])
@@ -85,7 +96,7 @@ def copying_rows(runs: list[dict[str, Any]], methods: list[str],
     rows = ["| method | seeds | greedy wrong | wrong and copied from the question | copied, per seed | copied - base |",
             "|---|---:|---:|---:|---:|---:|"]
     if base_flags is not None:
-        rows.append(f"| base model | - | {_wrong([base]):.3f} | {_ci(bootstrap_mean(base_flags[None]))} | - | - |")
+        rows.append(f"| base model | - | {_wrong([base]):.3f} | {bootstrap_mean(base_flags[None]).text()} | - | - |")
     for m in methods:
         evals = [r["test"] for r in sorted(runs, key=lambda r: r["seed"])
                  if r["method"] == m and r["test"] is not None]
@@ -93,13 +104,12 @@ def copying_rows(runs: list[dict[str, Any]], methods: list[str],
         if not flags or len(flags) != len(evals):
             continue
         table = np.stack(flags)
-        vs_base = _ci(paired_difference(table, base_flags), star=True) if base_flags is not None else "-"
+        vs_base = _starred(paired_difference(table, base_flags)) if base_flags is not None else "-"
         per_seed = " / ".join(f"{x:.3f}" for x in table.mean(axis=1))
-        rows.append(f"| {m} | {len(flags)} | {_wrong(evals):.3f} | {_ci(bootstrap_mean(table))} | {per_seed} "
+        rows.append(f"| {m} | {len(flags)} | {_wrong(evals):.3f} | {bootstrap_mean(table).text()} | {per_seed} "
                     f"| {vs_base} |")
     return rows if len(rows) > 2 else []
 
 
-def _ci(iv: Interval, star: bool = False) -> str:
-    mark = " *" if star and iv.excludes_zero else ""
-    return f"{iv.mean:.3f} [{iv.low:.3f}, {iv.high:.3f}]{mark}"
+def _starred(iv: Interval) -> str:
+    return iv.text() + (" *" if iv.excludes_zero else "")

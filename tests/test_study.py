@@ -241,10 +241,12 @@ def test_a_torn_test_file_stops_the_report_with_a_line_naming_it(tmp_path, monke
 def test_copied_flags_mark_wrong_answers_that_repeat_a_number_of_the_question():
     from study_copying import copied_flags
     questions = ["What is 59 * 19?", "What is 4 * 5?", "What is 4 * 5?", "Sum 1,200 and 3", "What is 7 * 8?"]
-    answers = ["19", "20", "5.0", "1200", None]
-    golds = ["1121", "20", "20", "1203", "56"]
+    questions.append("What is 123456789012345678901 + 1?")
+    answers = ["19", "20", "5.0", "1200", None, "123456789012345678902"]
+    golds = ["1121", "20", "20", "1203", "56", "5"]
     # 19 is an operand (wrong, copied); 20 is right; 5.0 == 5 (copied); 1,200 reads as 1200 (copied); no answer
-    np.testing.assert_array_equal(copied_flags(questions, answers, golds), [1, 0, 1, 1, 0])
+    # the last is wrong but no copy: a 21-digit answer must not round onto the 21-digit operand
+    np.testing.assert_array_equal(copied_flags(questions, answers, golds), [1, 0, 1, 1, 0, 0])
 
 
 def test_copying_table_regenerates_the_questions_from_the_eval_spec():
@@ -267,6 +269,10 @@ def test_copying_table_regenerates_the_questions_from_the_eval_spec():
     assert cells[:3] == ["em_rl_token", "3", "0.667"] and cells[3].startswith("0.667 [")
     assert cells[4] == "0.500 / 0.500 / 1.000"  # seed 2 answers every problem with an operand
     assert cells[5].startswith("0.667 [") and cells[5].endswith("*")  # every copy is new against the base
+    other = evaluation(0)
+    other["results"]["greedy"]["problems"][4]["gold"] = "1"  # not what the spec generates
+    with pytest.raises(ValueError, match=r"regenerated problem 4 gives .* the eval's gold is '1'"):
+        copying_rows(runs, ["em_rl_token"], other)
 
 
 def test_a_rate_check_on_task_two_is_listed_but_never_chosen(tmp_path, monkeypatch):
