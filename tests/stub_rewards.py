@@ -1,9 +1,20 @@
 """Reward functions for trainer tests, referenced as `stub_rewards:NAME` in `reward.fn`."""
+import os
+import time
 
 
 def count_sevens(prompts, completions, entries):
     """Fraction of completion characters that are '7': learnable by a tiny random byte model."""
     return [c.count("7") / max(len(c), 1) for c in completions]
+
+
+def count_sevens_or_stall(prompts, completions, entries):
+    """`count_sevens`, but once the path in $STUB_STALL_WHEN_EXISTS exists, every call blocks until the path
+    in $STUB_RELEASE_WHEN_EXISTS exists: a test signals the process at a known step, however slowly it polls."""
+    stall, release = os.environ.get("STUB_STALL_WHEN_EXISTS"), os.environ.get("STUB_RELEASE_WHEN_EXISTS")
+    while stall and os.path.exists(stall) and not (release and os.path.exists(release)):
+        time.sleep(0.05)
+    return count_sevens(prompts, completions, entries)
 
 
 def mostly_invalid(prompts, completions, entries):

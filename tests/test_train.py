@@ -79,8 +79,10 @@ def test_tolerated_reward_failures_are_counted_over_rounds(tmp_path):
 
 def _cli(workdir, *extra):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]))
+    env.pop("STUB_STALL_WHEN_EXISTS", None)
     return [sys.executable, "-m", "gpg_em.cli", "train", "--config", TINY, "--workdir", str(workdir),
-            "--config.total_steps=6", "--config.checkpoint_every=2", "--config.eval_every=3", *extra], env
+            "--config.total_steps=6", "--config.checkpoint_every=2", "--config.eval_every=3",
+            "--config.reward.fn=stub_rewards:count_sevens_or_stall", *extra], env
 
 
 def _final_params(workdir):
@@ -113,42 +115,55 @@ def _assert_same_run(ref_dir, cut_dir):
 
 
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, reference_run):
+    """SIGKILL after checkpoint 4: the reward blocks from step 5 on, so the kill lands mid-step 5 however
+    slowly this process polls; rerunning resumes from 4 and ends equal to the uninterrupted run."""
     ref_dir, cut_dir = reference_run, tmp_path / "cut"
     cmd, env = _cli(cut_dir)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stall = dict(env, STUB_STALL_WHEN_EXISTS=str(cut_dir / "checkpoints" / "4"))
+    with open(tmp_path / "stderr.txt", "w") as err:  # a file, not a pipe nobody reads until the end
+        proc = subprocess.Popen(cmd, env=stall, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + 600
     while not (cut_dir / "checkpoints" / "4").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (cut_dir / "checkpoints" / "6").exists(), "run finished before it could be killed"
+    assert not (cut_dir / "checkpoints" / "6").exists()
+    assert _train_steps(cut_dir) == [1, 2, 3, 4], "the kill should land in step 5"
     subprocess.run(cmd, env=env, check=True, capture_output=True)  # the dead run's lock is stale: taken over
     _assert_same_run(ref_dir, cut_dir)
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_equals_uninterrupted(tmp_path, reference_run):
-    """Preemption: SIGTERM after step 1 finishes that step, saves it (off the checkpoint_every=2 schedule)
-    and exits 143 with one line; rerunning the command resumes and ends equal to the uninterrupted run."""
-    cut_dir = tmp_path / "cut"
+    """Preemption: SIGTERM during step 3 finishes that step, saves it (off the checkpoint_every=2 schedule)
+    and exits 143 with one line; rerunning the command resumes and ends equal to the uninterrupted run.
+    The reward holds step 3 until the signal is sent, so the signal lands there however slowly this polls."""
+    cut_dir, release = tmp_path / "cut", tmp_path / "release"
     cmd, env = _cli(cut_dir)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stall = dict(env, STUB_STALL_WHEN_EXISTS=str(cut_dir / "checkpoints" / "2"), STUB_RELEASE_WHEN_EXISTS=str(release))
+    proc = subprocess.Popen(cmd, env=stall, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
-    while not _has_train_record(cut_dir) and proc.poll() is None and time.time() < deadline:
+    while not (cut_dir / "checkpoints" / "2").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
-    err = proc.communicate()[1]
+    seen = []
+    for line in proc.stderr:  # release step 3 only once the handler has logged the request
+        seen.append(line)
+        if "finishing the current step" in line:
+            break
+    release.touch()
+    err = "".join(seen) + proc.communicate()[1]
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     (line,) = [x for x in err.splitlines() if x.startswith("gpg-em train:")]
-    stopped = int(line.split("stopped after step ")[1].split()[0])
-    assert 1 <= stopped < 6 and "rerun the same command to resume" in line, line
-    assert (cut_dir / "checkpoints" / str(stopped)).exists() and not (cut_dir / "train.lock").exists()
+    assert "stopped after step 3 of 6" in line and "rerun the same command to resume" in line, line
+    assert (cut_dir / "checkpoints" / "3").exists() and not (cut_dir / "train.lock").exists()
+    assert _train_steps(cut_dir) == [1, 2, 3]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     _assert_same_run(reference_run, cut_dir)
 
 
-def _has_train_record(workdir):
-    path = workdir / "metrics.jsonl"
-    return path.exists() and '"kind": "train"' in path.read_text()
+def _train_steps(workdir):
+    return [r["step"] for r in read_metrics(workdir / "metrics.jsonl") if r["kind"] == "train"]
 
 
 @pytest.mark.parametrize("override,needle", [
