@@ -27,9 +27,11 @@ Protocol (SmolLM2-135M-Instruct, float32, AdamW b2 0.99, clip 1.0, micro-batches
 * Second task: reasoning-gym `products` (2 factors of 1-2 digits; base greedy pass@1
   0.406 on the 256 test problems) for GRPO, GPG +AGE +beta_th, EM-FT and EM-RL-token at the
   learning rates chosen on chain_sum, 3 seeds (`task2` stage).
-* Rate check (`ratecheck` stage): EM-RL-token on products at 3e-6, seeds 0 and 1, read on
-  the validation split only (no test, no choice): whether its collapse there, answers that
-  copy an operand, follows from the rate chosen on chain_sum.
+* Rate check (`ratecheck` stage): EM-RL-token on products at 3e-6, 3 seeds, trained and
+  tested like the grid but never chosen (the grid's tables keep chain_sum's rate): whether
+  its collapse there, answers that copy an operand, follows from the rate chosen on
+  chain_sum. The rate was picked after that collapse was seen, so its row is a post-hoc
+  sensitivity check, not a rate chosen blind to the test split.
 
 Order: the base model's rows, seed 0 at every candidate rate with the winners' tests, then
 seed by seed (products at seed 0; chain_sum then products at seed 1; the same at seed 2), so a
@@ -77,9 +79,9 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "em_rl_sequence": ("configs/em_rl.py", {"em.rl_kind": "trajectory"}),
 }
 TASK2_METHODS = ("grpo", "gpg_age_beta", "em_ft", "em_rl_token")
-# products, validation only: does a smaller rate keep EM-RL-token from collapsing onto a copied operand?
+# products, tested beside the grid, never chosen: does a smaller rate keep EM-RL-token from collapsing onto a
+# copied operand?
 RATE_CHECK = {"em_rl_token": 3e-6}
-RATE_CHECK_SEEDS = (0, 1)
 
 FIXED = {"total_steps": 20, "eval_every": 20, "checkpoint_every": 5, "keep_checkpoints": 1,
          "rollout.prompts_per_step": 4, "rollout.group_size": 8, "rollout.max_new_tokens": 96,
@@ -166,13 +168,13 @@ def _check(outcome: dict[str, str], run: sweep.RunSpec) -> None:
         raise RuntimeError(f"training {run.workdir} failed (see the traceback above)")
 
 
-def check_job(method: str, run: sweep.RunSpec) -> Job:
-    """Train only (the validation eval at steps 0 and 20 is the result), then drop the checkpoints."""
-    def action():
-        _check(sweep.execute([run], stop_on_error=False), run)
-        shutil.rmtree(os.path.join(run.workdir, "checkpoints"), ignore_errors=True)
-    # compared with the chain_sum rate: waits for that choice
-    return Job(f"check {run.name}", "ratecheck", trained(run), chosen_lr(method) is None, action)
+def check_jobs(method: str, lr: float, seed: int) -> list[Job]:
+    """Train then test `method` on task 2 at a rate other than the one chosen on chain_sum (reported beside
+    the grid, never chosen); blocked until chain_sum's choice, the rate it is compared with, is known."""
+    run = run_spec(method, lr, seed, PRODUCTS)
+    if chosen_lr(method) is None:
+        return [Job(f"check {run.name}", "ratecheck", False, True, None)]
+    return [train_job("ratecheck", run), test_job("ratecheck", run, PRODUCTS)]
 
 
 def test_job(stage: str, run: sweep.RunSpec, task: dict[str, Any]) -> Job:
@@ -237,7 +239,8 @@ def jobs() -> list[Job]:
         if seed != SEEDS[0]:
             out += seed_jobs("seeds", METHODS, seed, CHAIN_SUM)
         out += seed_jobs("task2", TASK2_METHODS, seed, PRODUCTS)
-    out += [check_job(m, run_spec(m, lr, seed, PRODUCTS)) for m, lr in RATE_CHECK.items() for seed in RATE_CHECK_SEEDS]
+    for seed in SEEDS:
+        out += [job for m, lr in RATE_CHECK.items() for job in check_jobs(m, lr, seed)]
     return out
 
 

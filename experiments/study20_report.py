@@ -187,6 +187,35 @@ def check_rows(runs: list[dict[str, Any]], methods: list[str], chosen: dict[str,
     return rows
 
 
+def check_test_lines(all_runs: list[dict[str, Any]], checked: list[str], chosen: dict[str, float],
+                     base: dict[str, Any] | None) -> list[str]:
+    """The tested runs of `checked` methods at a rate other than the chosen one, beside the chosen rate's runs:
+    test table, paired difference check - chosen, per seed, generations and copied answers."""
+    label = lambda r: f"{r['method']} at {r['lr']:g}"  # noqa: E731
+    pick = [r for r in all_runs if r["method"] in checked and r["test"] is not None]
+    if not any(chosen.get(r["method"]) != r["lr"] for r in pick):
+        return []
+    runs = [{**r, "method": label(r)} for r in pick]
+    runs += [r for r in all_runs if r["method"] == "grpo" and chosen.get("grpo") == r["lr"]]  # the GRPO column
+    names = sorted({r["method"] for r in runs if r["method"] != "grpo"},
+                   key=lambda n: next((r["method"], -r["lr"]) for r in pick if label(r) == n))
+    table, _ = method_table(runs, names, base)
+    diffs = pairwise(greedy_tables(runs, names))
+    lines = ["### Rate check, tested (a post-hoc sensitivity check: never chosen, the grid above keeps the "
+             "chosen rate)", "", "The check rate was picked after the collapse at the chosen rate was seen, so "
+             "this row is not a rate chosen blind to the test split.", ""] + table + [""]
+    pairs = sorted({(label(r), label({**r, "lr": chosen[r["method"]]})) for r in pick
+                    if chosen.get(r["method"]) not in (None, r["lr"])})
+    lines += [f"- {a} - {b} = {diffs[a, b].text()} ({'real' if diffs[a, b].excludes_zero else 'not resolved'}; "
+              "paired over the seeds both hold)" for a, b in pairs if (a, b) in diffs]
+    lines += ["", "Per seed (test):", ""] + seed_rows(runs, names) + [""]
+    lines += ["What the policies generate (test split, avg@8 samples at T=1):", ""] + behaviour_rows(runs, names)
+    copying = copying_rows(runs, names, base)
+    if copying:
+        lines += ["", "Wrong greedy answers copied from the question (test split):", ""] + copying
+    return lines + [""]
+
+
 def _mean(xs: list[float | None]) -> float | None:
     xs = [x for x in xs if x is not None]
     return float(np.mean(xs)) if xs else None
@@ -409,6 +438,7 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
     base = read_json(base_path) if os.path.isfile(base_path) else None
     decoding = read_json(dec_path) if os.path.isfile(dec_path) else None
     lines = [f"## {task}", ""]
+    checked = [m for m in methods if len({r["lr"] for r in all_runs if r["method"] == m}) > 1]  # task 2's checks
     if selected:
         lines += ["### Learning-rate selection (seed 0, validation split)", ""]
         lines += selection_rows(all_runs, methods, chosen)
@@ -416,9 +446,9 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
     else:
         lines += [f"Each method runs at the rate chosen on {CHAIN_SUM['task']}'s validation split; "
                   "no rate is chosen on this task.", ""]
-        checked = [m for m in methods if len({r["lr"] for r in all_runs if r["method"] == m}) > 1]
         if checked:
-            lines += ["### Rate check (validation split only; every table below uses the chosen rate)", ""]
+            lines += ["### Rate check (validation split; the grid's tables below use the chosen rate, the "
+                      "check's tests come last)", ""]
             lines += check_rows(all_runs, checked, chosen) + [""]
     table, stats = method_table(runs, methods, base)
     lines += ["### Test (256 problems): score [95% CI]; * = the interval excludes 0", ""] + table + [""]
@@ -446,6 +476,8 @@ def task_section(task_root: str, task: str, methods: list[str], out: str) -> lis
         plot_training(runs, os.path.join(out, f"{task}_training.png"))
         lines += ["### Training curves (chosen rates; mean over seeds, band +- std)", "",
                   f"![{task} training]({task}_training.png)", ""]
+    if not selected:
+        lines += check_test_lines(all_runs, checked, chosen, base)
     if decoding is not None or selected:  # the decoding stage runs on the selection task
         lines += ["### Base model decoding (test split)", ""] + decoding_rows(base, decoding) + [""]
     return lines

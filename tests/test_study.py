@@ -275,31 +275,40 @@ def test_copying_table_regenerates_the_questions_from_the_eval_spec():
         copying_rows(runs, ["em_rl_token"], other)
 
 
-def test_a_rate_check_on_task_two_is_listed_but_never_chosen(tmp_path, monkeypatch):
+def _test_eval(path, greedy):
+    with open(path, "w") as f:
+        json.dump({"results": {"greedy": {"problems": [{"correct": [c]} for c in greedy]},
+                               "avg": {"problems": [{"correct": [1, 0]}] * len(greedy), "k": 2, "entropy_mean": 0.1,
+                                       "completion_length_mean": 6.0, "metrics": {"pass@2": 0.5, "maj@2": 0.5},
+                                       "wall_seconds": 1.0}}}, f)
+
+
+def test_a_rate_check_on_task_two_is_tested_but_never_chosen(tmp_path, monkeypatch):
     monkeypatch.setattr(study20, "ROOT", str(tmp_path / "runs"))
     low, high = study20.LEARNING_RATES
     check = study20.RATE_CHECK["em_rl_token"]
+    task2 = lambda lr, seed: study20.run_spec("em_rl_token", lr, seed, study20.PRODUCTS)
+    assert [j.blocked for j in study20.jobs() if j.stage == "ratecheck"] == [True] * len(study20.SEEDS)
     _finish(study20.run_spec("em_rl_token", low, 0), 0.30)  # chain_sum: the smaller shared rate wins
     _finish(study20.run_spec("em_rl_token", high, 0), 0.10)
-    task2 = lambda lr, seed: study20.run_spec("em_rl_token", lr, seed, study20.PRODUCTS)
-    names = [j.name for j in study20.jobs() if j.stage == "ratecheck"]
-    assert names == [f"check {task2(check, s).name}" for s in study20.RATE_CHECK_SEEDS]
+    jobs = [j for j in study20.jobs() if j.stage == "ratecheck"]
+    assert [j.name for j in jobs] == [f"{kind} {task2(check, s).name}" for s in study20.SEEDS
+                                      for kind in ("train", "test ")]
+    assert [j.blocked for j in jobs] == [False, True] * len(study20.SEEDS)  # a test waits for its training
     _finish(task2(low, 0), 0.09)
     _finish(task2(check, 0), 0.40)  # better on validation, yet only a check
-    with open(study20.test_path(task2(low, 0)), "w") as f:
-        json.dump({"results": {"greedy": {"problems": [{"correct": [1]}, {"correct": [0]}]},
-                               "avg": {"problems": [{"correct": [1, 0]}] * 2, "k": 2, "entropy_mean": 0.1,
-                                       "completion_length_mean": 6.0, "metrics": {"pass@2": 0.5, "maj@2": 0.5},
-                                       "wall_seconds": 1.0}}}, f)
+    _test_eval(study20.test_path(task2(low, 0)), [1, 0, 0, 0])
+    _test_eval(study20.test_path(task2(check, 0)), [1, 1, 1, 0])
     out = tmp_path / "out"
     study20_report.report(str(tmp_path / "runs"), str(out), methods=["em_rl_token"])
     products = (out / "results.md").read_text().split("## products")[1]
-    assert f"| em_rl_token | {low:g} | 1 | 0.500 [" in products  # the test table reads chain_sum's rate
-    assert f"| em_rl_token | {check:g} | 0 | 0.100 | 0.400 | 0.500 | 0.250 |  |" in products
-    assert f"| em_rl_token | {low:g} | 0 | 0.100 | 0.090 | 0.500 | 0.250 | yes |" in products
-    assert "Paired greedy differences" not in products  # one method: no pairs to compare
-    # without the selection task beside it, a method with several rates here has no rate to read
-    shutil.rmtree(out / "runs" / "chain_sum")
-    task_root = str(out / "runs" / "products")
-    runs = study20_report.load_runs(task_root)
-    assert study20_report.selection_task_rates(task_root, runs, ["em_rl_token"], selected=False) == {}
+    grid, tested = products.split("### Rate check, tested")
+    assert f"| em_rl_token | {low:g} | 1 | 0.250 [" in grid  # the grid's test table reads chain_sum's rate
+    assert f"{check:g}" not in grid.split("### Test")[1]
+    assert f"| em_rl_token | {check:g} | 0 | 0.100 | 0.400 | 0.500 | 0.250 |  |" in grid
+    assert f"| em_rl_token | {low:g} | 0 | 0.100 | 0.090 | 0.500 | 0.250 | yes |" in grid
+    assert "Paired greedy differences" not in grid  # one method: no pairs to compare
+    rows = [line for line in tested.splitlines() if line.startswith("| em_rl_token at")]
+    assert rows[0].startswith(f"| em_rl_token at {low:g} | {low:g} | 1 | 0.250 [")
+    assert rows[1].startswith(f"| em_rl_token at {check:g} | {check:g} | 1 | 0.750 [")
+    assert f"- em_rl_token at {check:g} - em_rl_token at {low:g} = 0.500 [" in tested  # 2 of 4 problems gained
