@@ -197,8 +197,7 @@ def check_test_lines(all_runs: list[dict[str, Any]], checked: list[str], chosen:
         return []
     runs = [{**r, "method": label(r)} for r in pick]
     runs += [r for r in all_runs if r["method"] == "grpo" and chosen.get("grpo") == r["lr"]]  # the GRPO column
-    names = sorted({r["method"] for r in runs if r["method"] != "grpo"},
-                   key=lambda n: next((r["method"], -r["lr"]) for r in pick if label(r) == n))
+    names = list(dict.fromkeys(label(r) for r in sorted(pick, key=lambda r: (r["method"], -r["lr"]))))
     table, _ = method_table(runs, names, base)
     diffs = pairwise(greedy_tables(runs, names))
     lines = ["### Rate check, tested (a post-hoc sensitivity check: never chosen, the grid above keeps the "
