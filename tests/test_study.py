@@ -312,3 +312,8 @@ def test_a_rate_check_on_task_two_is_tested_but_never_chosen(tmp_path, monkeypat
     assert rows[0].startswith(f"| em_rl_token at {low:g} | {low:g} | 1 | 0.250 [")
     assert rows[1].startswith(f"| em_rl_token at {check:g} | {check:g} | 1 | 0.750 [")
     assert f"- em_rl_token at {check:g} - em_rl_token at {low:g} = 0.500 [" in tested  # 2 of 4 problems gained
+    # without the selection task beside it, a method with several rates here has no rate to read
+    shutil.rmtree(out / "runs" / "chain_sum")
+    task_root = str(out / "runs" / "products")
+    runs = study20_report.load_runs(task_root)
+    assert study20_report.selection_task_rates(task_root, runs, ["em_rl_token"], selected=False) == {}

@@ -79,7 +79,8 @@ def test_tolerated_reward_failures_are_counted_over_rounds(tmp_path):
 
 def _cli(workdir, *extra):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]))
-    env.pop("STUB_STALL_WHEN_EXISTS", None)
+    for name in ("STUB_STALL_WHEN_EXISTS", "STUB_RELEASE_WHEN_EXISTS"):
+        env.pop(name, None)
     return [sys.executable, "-m", "gpg_em.cli", "train", "--config", TINY, "--workdir", str(workdir),
             "--config.total_steps=6", "--config.checkpoint_every=2", "--config.eval_every=3",
             "--config.reward.fn=stub_rewards:count_sevens_or_stall", *extra], env
